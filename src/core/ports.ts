@@ -1,0 +1,90 @@
+/**
+ * The small interfaces the orchestration depends on. Redis, the Tencent SDK and the
+ * emulator implement them; only `src/main.ts` constructs the implementations.
+ */
+import type { AssociateInput, AssociateResult, InstanceInfo } from "./model.js";
+
+/** Cancellation and deadline of the caller, passed down to every wait and every upstream call. */
+export interface CallOptions {
+  signal: AbortSignal;
+  /** Epoch milliseconds (same clock as `Clock.now()`); undefined = no deadline of the caller's own. */
+  deadline?: number | undefined;
+}
+
+/**
+ * The cloud. Implementations throw `KeygateError` only: with `upstreamCode` when the cloud
+ * answered an error, with reason UPSTREAM_* when it could not be reached or answered garbage.
+ */
+export interface Upstream {
+  associateInstancesKeyPairs(input: AssociateInput, opts: CallOptions): Promise<{ requestId: string }>;
+  /** At most 100 ids per call. */
+  describeInstances(
+    region: string,
+    instanceIds: string[],
+    opts: CallOptions,
+  ): Promise<{ requestId: string; instances: InstanceInfo[] }>;
+}
+
+/** One cluster-wide sliding-window bucket: at most `limit` grants in any `windowMs`. */
+export interface BucketSpec {
+  /** Identifies credential + endpoint + action; never contains a secret. */
+  key: string;
+  limit: number;
+  windowMs: number;
+}
+
+export interface AcquireRequest extends CallOptions {
+  bucket: BucketSpec;
+  tenant: string;
+  /** The tenant's policy weight, > 0. */
+  weight: number;
+}
+
+export interface Grant {
+  waitedMs: number;
+}
+
+/**
+ * The cluster-wide limiter. `acquire` resolves when one upstream call may be sent now, or
+ * throws KeygateError RATE_LIMITED (with retryAfterMs, no token spent) / STORE_UNAVAILABLE.
+ */
+export interface RateLimiter {
+  acquire(req: AcquireRequest): Promise<Grant>;
+  /** The upstream said RequestLimitExceeded: every replica holds off this bucket for `ms`. */
+  penalize(bucket: BucketSpec, ms: number): Promise<void>;
+  close(): Promise<void>;
+}
+
+/** Held leases on a set of instances; renewed in the background until released. */
+export interface LeaseHandle {
+  readonly fence: number;
+  /** Aborts if the lease was lost (could not be renewed). */
+  readonly lost: AbortSignal;
+  release(): Promise<void>;
+}
+
+/** Per-instance leases shared by all replicas. */
+export interface Leases {
+  /**
+   * Takes the leases of all `instanceIds` at once (all or none), waiting while any is held,
+   * until the deadline (KeygateError INSTANCE_BUSY) or the signal aborts.
+   */
+  acquire(scope: string, instanceIds: string[], opts: CallOptions & { owner: string }): Promise<LeaseHandle>;
+  close(): Promise<void>;
+}
+
+export interface OperationRun {
+  /** Identical requests (same credential scope, region, instance set, key set, force_stop) share it. */
+  fingerprint: string;
+  /** Present when the caller gave an idempotency_key. */
+  idempotency?: { tenant: string; key: string } | undefined;
+  /** Does the work; called at most once cluster-wide per fingerprint in flight / idempotency key. */
+  execute: () => Promise<AssociateResult>;
+}
+
+/** Coalescing of identical in-flight calls and idempotency keys (24 h), shared by all replicas. */
+export interface Operations {
+  /** Runs or joins; `deduplicated` is true for callers that did not execute. */
+  run(op: OperationRun, opts: CallOptions): Promise<AssociateResult>;
+  close(): Promise<void>;
+}

@@ -1,0 +1,128 @@
+import { readFileSync } from "node:fs";
+import { Cluster, Redis, type RedisOptions } from "ioredis";
+
+/** A connection that behaves the same for standalone, Sentinel and Cluster deployments. */
+export type RedisClient = Redis | Cluster;
+
+/**
+ * Parses KEYGATE_REDIS_URL. Accepted forms:
+ * - `redis://[user:pass@]host:port[/db]`, `rediss://…` (TLS)
+ * - `redis+sentinel://[user:pass@]host1:port1,host2:port2/<master-name>[/db]`
+ * - `redis+cluster://[user:pass@]host1:port1,host2:port2`
+ * Returns a description of the problem instead of throwing, so config can list every error.
+ */
+export function parseRedisUrl(
+  url: string,
+): { ok: true; mode: "standalone" | "sentinel" | "cluster"; url: string } | { ok: false; error: string } {
+  const m = /^(redis|rediss|redis\+sentinel|rediss\+sentinel|redis\+cluster|rediss\+cluster):\/\/(.+)$/.exec(
+    url,
+  );
+  if (!m) {
+    return {
+      ok: false,
+      error: `must start with redis://, rediss://, redis+sentinel:// or redis+cluster:// (got "${redact(url)}")`,
+    };
+  }
+  const scheme = m[1] ?? "";
+  const mode = scheme.includes("sentinel")
+    ? "sentinel"
+    : scheme.includes("cluster")
+      ? "cluster"
+      : "standalone";
+  if (mode === "sentinel" && !/\/[^/]+/.test(m[2]?.replace(/^[^@]*@/, "").replace(/^[^/]*/, "") ?? "")) {
+    return { ok: false, error: "a redis+sentinel:// URL needs the master name as its path, e.g. /mymaster" };
+  }
+  return { ok: true, mode, url };
+}
+
+interface Parsed {
+  tls: boolean;
+  username?: string | undefined;
+  password?: string | undefined;
+  hosts: { host: string; port: number }[];
+  path: string[];
+}
+
+function split(url: string): Parsed {
+  const [, scheme = "", rest = ""] = /^([^:]+):\/\/(.*)$/.exec(url) ?? [];
+  const at = rest.lastIndexOf("@");
+  const auth = at >= 0 ? rest.slice(0, at) : "";
+  const afterAuth = at >= 0 ? rest.slice(at + 1) : rest;
+  const slash = afterAuth.indexOf("/");
+  const hostPart = slash >= 0 ? afterAuth.slice(0, slash) : afterAuth;
+  const path =
+    slash >= 0
+      ? afterAuth
+          .slice(slash + 1)
+          .split("/")
+          .filter(Boolean)
+      : [];
+  const [user, pass] = auth.includes(":") ? auth.split(/:(.*)/s) : [undefined, auth || undefined];
+  const hosts = hostPart.split(",").map((h) => {
+    const i = h.lastIndexOf(":");
+    return i > 0 ? { host: h.slice(0, i), port: Number(h.slice(i + 1)) } : { host: h, port: 6379 };
+  });
+  return {
+    tls: scheme.startsWith("rediss"),
+    username: user ? decodeURIComponent(user) : undefined,
+    password: pass ? decodeURIComponent(pass) : undefined,
+    hosts,
+    path,
+  };
+}
+
+export interface CreateRedisOptions {
+  /** Name shown in Redis CLIENT LIST. */
+  connectionName?: string;
+  /** Optional CA bundle for rediss:// */
+  caFile?: string | undefined;
+}
+
+/**
+ * Opens a client. Commands fail fast while disconnected (no offline queue) so that a Redis
+ * outage becomes STORE_UNAVAILABLE at once instead of piling up waiters; reconnects forever.
+ */
+export function createRedis(url: string, opts: CreateRedisOptions = {}): RedisClient {
+  const parsed = parseRedisUrl(url);
+  if (!parsed.ok) throw new Error(`KEYGATE_REDIS_URL ${parsed.error}`);
+  const p = split(url);
+  const tls = p.tls ? (opts.caFile ? { ca: readFileSync(opts.caFile) } : {}) : undefined;
+  const common: RedisOptions = {
+    connectionName: opts.connectionName ?? "keygate",
+    enableOfflineQueue: false,
+    maxRetriesPerRequest: 1,
+    connectTimeout: 2_000,
+    commandTimeout: 2_000,
+    retryStrategy: (times) => Math.min(50 * 2 ** Math.min(times, 6), 2_000),
+    username: p.username,
+    password: p.password,
+    ...(tls ? { tls } : {}),
+  };
+  if (parsed.mode === "cluster") {
+    return new Cluster(p.hosts, {
+      redisOptions: common,
+      enableOfflineQueue: false,
+      clusterRetryStrategy: (times) => Math.min(50 * 2 ** Math.min(times, 6), 2_000),
+    });
+  }
+  if (parsed.mode === "sentinel") {
+    const [name = "mymaster", db] = p.path;
+    return new Redis({
+      ...common,
+      sentinels: p.hosts,
+      name,
+      db: db ? Number(db) : 0,
+      sentinelPassword: p.password,
+    });
+  }
+  const first = p.hosts[0] ?? { host: "127.0.0.1", port: 6379 };
+  return new Redis({ ...common, host: first.host, port: first.port, db: p.path[0] ? Number(p.path[0]) : 0 });
+}
+
+/** The URL with any password replaced, for logs and error messages. */
+export function redact(url: string): string {
+  return url.replace(
+    /\/\/([^@/]*)@/,
+    (_m, auth: string) => `//${auth.includes(":") ? auth.split(":")[0] + ":***" : "***"}@`,
+  );
+}
