@@ -1,0 +1,63 @@
+/**
+ * Turns zod issues into `path: message` lines. The operator fixing a rejected policy needs every
+ * problem with the exact place it is at, in the file's own words (`tenants.team-a.keys[1]`), not
+ * zod's internal vocabulary ("invalid_union", "record").
+ */
+import type * as z from "zod";
+import { show } from "./schema.js";
+
+type Issue = z.core.$ZodIssue;
+type Segment = PropertyKey;
+
+/** `tenants.team-a.instances.ids[2]`; keys that are not plain words are quoted. */
+export function formatPath(path: readonly Segment[]): string {
+  if (path.length === 0) return "(top level)";
+  let out = "";
+  for (const seg of path) {
+    if (typeof seg === "number") out += `[${seg}]`;
+    else if (typeof seg === "string" && /^[A-Za-z0-9_-]+$/.test(seg)) out += out === "" ? seg : `.${seg}`;
+    else out += `[${JSON.stringify(String(seg))}]`;
+  }
+  return out;
+}
+
+const typeNames: Record<string, string> = {
+  string: "a string",
+  number: "a number",
+  int: "an integer",
+  boolean: "true or false",
+  object: "a map",
+  record: "a map",
+  array: "a list",
+};
+
+/** A union branch that failed only because the value had the other branch's type. */
+function isWrongBranch(issues: readonly Issue[]): boolean {
+  return issues.every(
+    (i) => i.path.length === 0 && (i.code === "invalid_type" || i.code === "invalid_value"),
+  );
+}
+
+/** Lines for one zod issue, relative to `base`. */
+export function formatIssue(issue: Issue, base: readonly Segment[] = []): string[] {
+  const path = [...base, ...issue.path];
+  switch (issue.code) {
+    case "unrecognized_keys":
+      return issue.keys.map((k) => `${formatPath([...path, k])}: unknown field`);
+    case "invalid_union": {
+      const candidates = issue.errors.filter((branch) => !isWrongBranch(branch));
+      const only = candidates.length === 1 ? candidates[0] : undefined;
+      if (only) return only.flatMap((i) => formatIssue(i, path));
+      return [`${formatPath(path)}: ${issue.message}`];
+    }
+    case "invalid_key":
+      return issue.issues.map((i) => `${formatPath(path)}: ${i.message}`);
+    case "invalid_type": {
+      if (issue.input === undefined) return [`${formatPath(path)}: is required`];
+      const expected = typeNames[issue.expected] ?? issue.expected;
+      return [`${formatPath(path)}: expected ${expected}, got ${show(issue.input)}`];
+    }
+    default:
+      return [`${formatPath(path)}: ${issue.message}`];
+  }
+}
