@@ -1,0 +1,151 @@
+import { createHash, randomUUID } from "node:crypto";
+import type { Clock } from "../core/clock.js";
+import { keygateError } from "../core/errors.js";
+import type { AssociateResult } from "../core/model.js";
+import type { CallOptions, OperationRun, Operations } from "../core/ports.js";
+import { backoffMs, guarded, pause, throwIfAborted } from "../leases/call-wait.js";
+import { idempotencyKey, type OperationStore } from "./operation-store.js";
+import {
+  decodeOutcome,
+  encodeOutcome,
+  failureOutcome,
+  isDefinitive,
+  settle,
+  type Outcome,
+} from "./outcome.js";
+
+export interface OperationsOptions {
+  store: OperationStore;
+  clock: Clock;
+  /** How long an idempotency key answers with its first outcome (the product promise: 24 h). */
+  idempotencyTtlMs?: number;
+  /**
+   * Lifetime of a claim without renewal: how long joiners wait for a crashed executor before
+   * one of them takes over.
+   */
+  claimTtlMs?: number;
+  claimRenewEveryMs?: number;
+  /** How long an outcome stays readable for the calls that joined it; they poll far more often. */
+  resultTtlMs?: number;
+  pollMinMs?: number;
+  pollMaxMs?: number;
+  random?: () => number;
+}
+
+/**
+ * Runs each request once cluster-wide: identical calls in flight are joined (coalescing), and a
+ * repeated idempotency key gets its first definitive answer for 24 h. Store trouble before
+ * anything ran is STORE_UNAVAILABLE and nothing is executed.
+ */
+export function createOperations(options: OperationsOptions): Operations {
+  const { store, clock } = options;
+  const idempotencyTtlMs = options.idempotencyTtlMs ?? 24 * 3600_000;
+  const claimTtlMs = options.claimTtlMs ?? 15_000;
+  const claimRenewEveryMs = options.claimRenewEveryMs ?? Math.floor(claimTtlMs / 3);
+  const resultTtlMs = options.resultTtlMs ?? 60_000;
+  const pollMinMs = options.pollMinMs ?? 10;
+  const pollMaxMs = options.pollMaxMs ?? 100;
+  const random = options.random ?? Math.random;
+  const sha256 = (s: string) => createHash("sha256").update(s).digest("hex");
+  let closed = false;
+
+  async function run(op: OperationRun, opts: CallOptions): Promise<AssociateResult> {
+    if (closed) throw keygateError("SHUTTING_DOWN", "this replica is shutting down");
+    const idemKey = op.idempotency
+      ? idempotencyKey(op.idempotency.tenant, op.idempotency.key, sha256)
+      : undefined;
+    const token = randomUUID();
+    // Each turn either answers or finds that the call it joined vanished without an outcome.
+    for (;;) {
+      throwIfAborted(opts);
+      if (idemKey !== undefined) {
+        const st = await guarded("idempotency", () =>
+          store.beginIdempotent(idemKey, op.fingerprint, idempotencyTtlMs),
+        );
+        if (st.state === "mismatch") {
+          throw keygateError(
+            "IDEMPOTENCY_MISMATCH",
+            "this idempotency_key was used before with a different request",
+          );
+        }
+        if (st.state === "done") return settle(decodeOutcome(st.outcome), true);
+      }
+      const c = await guarded("coalescing", () => store.claim(op.fingerprint, token, claimTtlMs));
+      if (c.claimed) return execute(op, idemKey, token);
+      const joined = await waitFor(op.fingerprint, c.holder, opts);
+      if (joined !== null) {
+        const outcome = decodeOutcome(joined);
+        if (idemKey !== undefined) await remember(idemKey, op.fingerprint, outcome);
+        return settle(outcome, true);
+      }
+    }
+  }
+
+  async function execute(
+    op: OperationRun,
+    idemKey: string | undefined,
+    token: string,
+  ): Promise<AssociateResult> {
+    const stop = new AbortController();
+    const renewing = renewClaim(op.fingerprint, token, stop.signal);
+    let outcome: Outcome;
+    let thrown: { error: unknown } | undefined;
+    try {
+      outcome = { ok: true, result: { ...(await op.execute()), deduplicated: false } };
+    } catch (e) {
+      outcome = failureOutcome(e);
+      thrown = { error: e };
+    } finally {
+      stop.abort();
+      await renewing;
+    }
+    // The idempotency record first: once the claim is gone, only it stops a second execution.
+    if (idemKey !== undefined) await remember(idemKey, op.fingerprint, outcome);
+    await store.finish(op.fingerprint, token, encodeOutcome(outcome), resultTtlMs).catch(() => undefined);
+    if (thrown) throw thrown.error;
+    return settle(outcome, false);
+  }
+
+  /**
+   * Keeps or forgets the idempotency key. Best effort: the work is done and its answer is the
+   * truth; if the store is down now, a retry may run again (documented in the decisions).
+   */
+  async function remember(idemKey: string, fingerprint: string, outcome: Outcome): Promise<void> {
+    const write = isDefinitive(outcome)
+      ? store.completeIdempotent(idemKey, fingerprint, encodeOutcome(outcome), idempotencyTtlMs)
+      : store.abandonIdempotent(idemKey, fingerprint);
+    await write.catch(() => undefined);
+  }
+
+  async function renewClaim(fingerprint: string, token: string, stop: AbortSignal): Promise<void> {
+    while (!stop.aborted) {
+      try {
+        await clock.sleep(claimRenewEveryMs, stop);
+        await store.renewClaim(fingerprint, token, claimTtlMs);
+      } catch {
+        /* stopped, or the store blinked: the next round tries again */
+      }
+    }
+  }
+
+  /** The joined call's encoded outcome, or null when its claim vanished without one. */
+  async function waitFor(fingerprint: string, holder: string, opts: CallOptions): Promise<string | null> {
+    for (let attempt = 0; ; attempt++) {
+      const seen = await guarded("coalescing", () => store.peek(fingerprint, holder));
+      if (seen.outcome !== null) return seen.outcome;
+      if (seen.claimHolder !== holder) return null;
+      const left = (opts.deadline ?? Infinity) - clock.now();
+      if (left <= 0)
+        throw keygateError("DEADLINE_EXCEEDED", "the deadline passed while joining an identical call");
+      await pause(clock, Math.min(backoffMs(attempt, pollMinMs, pollMaxMs, random), left), opts.signal);
+    }
+  }
+
+  return {
+    run,
+    close() {
+      closed = true;
+      return Promise.resolve();
+    },
+  };
+}

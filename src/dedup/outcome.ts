@@ -1,0 +1,70 @@
+import { isKeygateError, KeygateError, keygateError, type ErrorKind } from "../core/errors.js";
+import type { AssociateResult } from "../core/model.js";
+
+/** A KeygateError as it travels between replicas (no stack, no cause: only what the caller sees). */
+export interface SerializedError {
+  kind: ErrorKind;
+  reason: string;
+  message: string;
+  upstreamCode?: string | undefined;
+  upstreamRequestId?: string | undefined;
+  retryAfterMs?: number | undefined;
+}
+
+/** What one execution ended with, shared with joiners and kept under idempotency keys. */
+export type Outcome = { ok: true; result: AssociateResult } | { ok: false; error: SerializedError };
+
+/** A non-KeygateError is a bug; joiners get a generic INTERNAL, never its message. */
+export function failureOutcome(e: unknown): Outcome {
+  const k = isKeygateError(e) ? e : keygateError("INTERNAL", "internal error");
+  return {
+    ok: false,
+    error: {
+      kind: k.kind,
+      reason: k.reason,
+      message: k.message,
+      upstreamCode: k.upstreamCode,
+      upstreamRequestId: k.upstreamRequestId,
+      retryAfterMs: k.retryAfterMs,
+    },
+  };
+}
+
+/**
+ * Only definitive outcomes may answer a repeated idempotency key: a result, or an error the
+ * upstream itself returned. Anything that failed before reaching the upstream must run again.
+ */
+export function isDefinitive(o: Outcome): boolean {
+  return o.ok || o.error.upstreamCode !== undefined;
+}
+
+export function encodeOutcome(o: Outcome): string {
+  return JSON.stringify(o);
+}
+
+/** Parses a stored outcome; anything malformed is reported as INTERNAL rather than trusted. */
+export function decodeOutcome(text: string): Outcome {
+  try {
+    const v = JSON.parse(text) as Partial<{ ok: boolean; result: AssociateResult; error: SerializedError }>;
+    if (
+      v.ok === true &&
+      v.result &&
+      typeof v.result.requestId === "string" &&
+      Array.isArray(v.result.instances)
+    ) {
+      return { ok: true, result: v.result };
+    }
+    if (v.ok === false && v.error && typeof v.error.reason === "string" && typeof v.error.kind === "string") {
+      return { ok: false, error: v.error };
+    }
+  } catch {
+    /* fall through */
+  }
+  return failureOutcome(keygateError("INTERNAL", "a stored outcome could not be read"));
+}
+
+/** The answer a caller gets from an outcome: the result (flagged) or the error re-thrown. */
+export function settle(o: Outcome, deduplicated: boolean): AssociateResult {
+  if (o.ok) return { ...o.result, deduplicated };
+  throw new KeygateError({ ...o.error });
+}

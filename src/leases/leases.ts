@@ -1,0 +1,130 @@
+import type { Clock } from "../core/clock.js";
+import { keygateError } from "../core/errors.js";
+import type { CallOptions, LeaseHandle, Leases } from "../core/ports.js";
+import { backoffMs, guarded, pause, throwIfAborted } from "./call-wait.js";
+import { leaseToken, type LeaseStore } from "./lease-store.js";
+
+export interface LeasesOptions {
+  store: LeaseStore;
+  clock: Clock;
+  /**
+   * How long a lease lives without renewal: the time a crashed replica's instances stay blocked.
+   * Long enough to ride out a Redis failover or a GC pause, short enough that a dead replica
+   * does not stall its instances for long.
+   */
+  ttlMs?: number;
+  /** Renewal period; a third of the TTL leaves two chances before expiry. */
+  renewEveryMs?: number;
+  /** Bounds a wait when the caller gave no deadline, so a waiter never hangs forever. */
+  maxWaitMs?: number;
+  /** First and largest pause between attempts while an instance is busy. */
+  retryMinMs?: number;
+  retryMaxMs?: number;
+  random?: () => number;
+}
+
+/**
+ * Per-instance leases over a `LeaseStore`: all-or-none acquisition with retry until the
+ * deadline, background renewal while held, and release that only deletes what is still ours.
+ */
+export function createLeases(options: LeasesOptions): Leases {
+  const { store, clock } = options;
+  const ttlMs = options.ttlMs ?? 30_000;
+  const renewEveryMs = options.renewEveryMs ?? Math.floor(ttlMs / 3);
+  const maxWaitMs = options.maxWaitMs ?? 180_000;
+  const retryMinMs = options.retryMinMs ?? 10;
+  const retryMaxMs = options.retryMaxMs ?? 250;
+  const random = options.random ?? Math.random;
+  const live = new Set<{ stop(): void }>();
+  let closed = false;
+
+  async function acquire(scope: string, instanceIds: string[], opts: CallOptions & { owner: string }) {
+    if (closed) throw keygateError("SHUTTING_DOWN", "this replica is shutting down");
+    // Sorted and unique: the same set always maps to the same keys in the same order.
+    const ids = [...new Set(instanceIds)].sort();
+    const giveUpAt = Math.min(opts.deadline ?? Infinity, clock.now() + maxWaitMs);
+    for (let attempt = 0; ; attempt++) {
+      throwIfAborted(opts);
+      const r = await guarded("acquire leases", () => store.tryAcquire(scope, ids, opts.owner, ttlMs));
+      if (r.ok) return hold(scope, ids, leaseToken(r.fence, opts.owner), r.fence);
+      const left = giveUpAt - clock.now();
+      if (left <= 0) {
+        throw keygateError(
+          "INSTANCE_BUSY",
+          `instance ${r.busyInstanceId} is in use by another keygate call`,
+          {
+            retryAfterMs: r.heldForMs > 0 ? r.heldForMs : undefined,
+          },
+        );
+      }
+      // Never sleep past the holder's expiry or our own deadline.
+      const heldFor = r.heldForMs > 0 ? r.heldForMs : Infinity;
+      await pause(
+        clock,
+        Math.min(backoffMs(attempt, retryMinMs, retryMaxMs, random), heldFor, left),
+        opts.signal,
+      );
+    }
+  }
+
+  function hold(scope: string, ids: string[], token: string, fence: number): LeaseHandle {
+    const lost = new AbortController();
+    const stopped = new AbortController();
+    let confirmedAt = clock.now();
+    const entry = { stop: () => stopped.abort() };
+    live.add(entry);
+
+    const renewLoop = async () => {
+      while (!stopped.signal.aborted) {
+        try {
+          await clock.sleep(renewEveryMs, stopped.signal);
+        } catch {
+          return;
+        }
+        try {
+          if (await store.renew(scope, ids, token, ttlMs)) {
+            confirmedAt = clock.now();
+            continue;
+          }
+          if (!stopped.signal.aborted) {
+            lost.abort(keygateError("INSTANCE_BUSY", "the lease expired and another call took the instance"));
+          }
+          return;
+        } catch (e) {
+          // Redis unreachable: the lease may still be ours until its TTL has run out.
+          if (clock.now() - confirmedAt >= ttlMs) {
+            lost.abort(keygateError("STORE_UNAVAILABLE", "the lease could not be renewed", { cause: e }));
+            return;
+          }
+        }
+      }
+    };
+    void renewLoop();
+
+    let released: Promise<void> | undefined;
+    return {
+      fence,
+      lost: lost.signal,
+      release() {
+        // Never throws: a lease that could not be deleted runs out by its TTL.
+        released ??= (async () => {
+          stopped.abort();
+          live.delete(entry);
+          await store.release(scope, ids, token).catch(() => undefined);
+        })();
+        return released;
+      },
+    };
+  }
+
+  return {
+    acquire,
+    close() {
+      // Held leases are not deleted: a call still running keeps its instances until the TTL ends.
+      closed = true;
+      for (const entry of live) entry.stop();
+      live.clear();
+      return Promise.resolve();
+    },
+  };
+}

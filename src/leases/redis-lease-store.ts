@@ -1,0 +1,44 @@
+import type { RedisClient } from "../store/redis.js";
+import { fenceKey, leaseKey, type LeaseStore } from "./lease-store.js";
+import { defineVariadicScript } from "./variadic-script.js";
+
+/** Leases in Redis, shared by every replica; each step is one Lua script (atomic, one slot). */
+export function createRedisLeaseStore(options: { client: RedisClient }): LeaseStore {
+  const { client } = options;
+  const acquire = defineVariadicScript(
+    client,
+    "keygateAcquireLeases",
+    new URL("./acquire-leases.lua", import.meta.url),
+  );
+  const renew = defineVariadicScript(
+    client,
+    "keygateRenewLeases",
+    new URL("./renew-leases.lua", import.meta.url),
+  );
+  const release = defineVariadicScript(
+    client,
+    "keygateReleaseLeases",
+    new URL("./release-leases.lua", import.meta.url),
+  );
+  const keys = (scope: string, ids: string[]) => ids.map((id) => leaseKey(scope, id));
+
+  return {
+    async tryAcquire(scope, instanceIds, owner, ttlMs) {
+      const reply = (await acquire(
+        [fenceKey(scope), ...keys(scope, instanceIds)],
+        [owner, ttlMs],
+      )) as number[];
+      if (reply[0] === 1) return { ok: true, fence: Number(reply[1]) };
+      const busy = instanceIds[Number(reply[1]) - 1] ?? "";
+      return { ok: false, busyInstanceId: busy, heldForMs: Number(reply[2]) };
+    },
+    async renew(scope, instanceIds, token, ttlMs) {
+      if (instanceIds.length === 0) return true;
+      return (await renew(keys(scope, instanceIds), [token, ttlMs])) === 1;
+    },
+    async release(scope, instanceIds, token) {
+      if (instanceIds.length === 0) return;
+      await release(keys(scope, instanceIds), [token]);
+    },
+  };
+}

@@ -1,0 +1,93 @@
+import type { Clock } from "../core/clock.js";
+import type { InstanceInfo, InstanceOutcome } from "../core/model.js";
+import type { CallOptions, TaskWatcher } from "../core/ports.js";
+import { pause, throwIfAborted } from "./call-wait.js";
+
+export interface TaskWatcherOptions {
+  /** DescribeInstances for ≤ 100 ids; the caller routes it through the shared 40/s bucket. */
+  describe: (region: string, instanceIds: string[], opts: CallOptions) => Promise<InstanceInfo[]>;
+  clock: Clock;
+  pollMs?: number;
+  /** Upper bound of one watch: the cloud documents no task duration, so we pick one. */
+  maxWaitMs?: number;
+}
+
+/** DescribeInstances takes at most 100 ids per call. */
+const BATCH = 100;
+
+/**
+ * Follows the cloud task an associate started on each instance (G3: the lease is kept until
+ * it ends). An instance whose latest operation is not yet ours counts as still OPERATING:
+ * DescribeInstances may lag behind the call that started the task.
+ */
+export function createTaskWatcher(options: TaskWatcherOptions): TaskWatcher {
+  const { describe, clock } = options;
+  const pollMs = options.pollMs ?? 500;
+  const maxWaitMs = options.maxWaitMs ?? 120_000;
+
+  /** One round of DescribeInstances over `ids`, in parallel batches; failures count as "not seen". */
+  async function look(region: string, ids: string[], opts: CallOptions): Promise<Map<string, InstanceInfo>> {
+    const batches: string[][] = [];
+    for (let i = 0; i < ids.length; i += BATCH) batches.push(ids.slice(i, i + BATCH));
+    const replies = await Promise.allSettled(batches.map((b) => describe(region, b, opts)));
+    throwIfAborted(opts);
+    const seen = new Map<string, InstanceInfo>();
+    for (const r of replies)
+      if (r.status === "fulfilled") for (const info of r.value) seen.set(info.instanceId, info);
+    return seen;
+  }
+
+  /** Polls until `done(pending ids)` is empty or time runs out; returns what is still pending. */
+  async function poll(
+    region: string,
+    instanceIds: string[],
+    opts: CallOptions,
+    settle: (info: InstanceInfo) => boolean,
+  ): Promise<Set<string>> {
+    const pending = new Set(instanceIds);
+    const stopAt = Math.min(clock.now() + maxWaitMs, opts.deadline ?? Infinity);
+    for (;;) {
+      throwIfAborted(opts);
+      const seen = await look(region, [...pending], opts);
+      for (const [id, info] of seen) if (pending.has(id) && settle(info)) pending.delete(id);
+      const left = stopAt - clock.now();
+      if (pending.size === 0 || left <= 0) return pending;
+      await pause(clock, Math.min(pollMs, left), opts.signal);
+    }
+  }
+
+  return {
+    async waitForTasks(region, instanceIds, requestId, opts) {
+      const ids = [...new Set(instanceIds)];
+      const finished = new Map<string, InstanceOutcome>();
+      await poll(region, ids, opts, (info) => {
+        const ours = info.latestOperationRequestId === requestId;
+        if (!ours || info.latestOperationState === "OPERATING") return false;
+        const failed = info.latestOperationState === "FAILED";
+        finished.set(info.instanceId, {
+          instanceId: info.instanceId,
+          state: failed ? "FAILED" : "SUCCESS",
+          message: failed ? (info.latestOperationErrorMsg ?? "") : "",
+        });
+        return true;
+      });
+      return ids.map(
+        (id) =>
+          finished.get(id) ?? {
+            instanceId: id,
+            state: "OPERATING",
+            message: "the cloud task had not finished yet",
+          },
+      );
+    },
+    async waitUntilIdle(region, instanceIds, opts) {
+      // Resolves at the time limit too: the caller then retries and gets the upstream's own answer.
+      await poll(
+        region,
+        [...new Set(instanceIds)],
+        opts,
+        (info) => info.latestOperationState !== "OPERATING",
+      );
+    },
+  };
+}

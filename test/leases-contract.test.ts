@@ -1,0 +1,235 @@
+import { randomUUID } from "node:crypto";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { systemClock } from "../src/core/clock.js";
+import { isKeygateError, keygateError } from "../src/core/errors.js";
+import type { Leases } from "../src/core/ports.js";
+import { createLeases, type LeasesOptions } from "../src/leases/leases.js";
+import { createMemoryLeaseStore } from "../src/leases/memory-lease-store.js";
+import { createRedisLeaseStore } from "../src/leases/redis-lease-store.js";
+import type { RedisClient } from "../src/store/redis.js";
+import { connectedClient } from "./support/leases-redis.js";
+import { startRedis, type RedisProcess } from "./support/redis-server.js";
+
+/** Several "replicas" sharing one backend: separate Redis clients, or one in-memory store. */
+interface Backend {
+  name: string;
+  replicas(n: number, opts?: Partial<LeasesOptions>): Promise<Leases[]>;
+  closeAll(): Promise<void>;
+}
+
+let redis: RedisProcess;
+const clients: RedisClient[] = [];
+const opened: Leases[] = [];
+
+/** One in-memory store for the whole file, like one Redis: tests keep apart by scope. */
+const memoryStore = createMemoryLeaseStore({ clock: systemClock });
+
+const backends: Backend[] = [
+  {
+    name: "memory",
+    replicas(n, opts) {
+      return Promise.resolve(
+        track(
+          Array.from({ length: n }, () => createLeases({ clock: systemClock, store: memoryStore, ...opts })),
+        ),
+      );
+    },
+    closeAll: () => Promise.resolve(),
+  },
+  {
+    name: "redis",
+    async replicas(n, opts) {
+      const made: Leases[] = [];
+      for (let i = 0; i < n; i++) {
+        const client = await connectedClient(redis.url);
+        clients.push(client);
+        made.push(createLeases({ clock: systemClock, store: createRedisLeaseStore({ client }), ...opts }));
+      }
+      return track(made);
+    },
+    closeAll: async () => {
+      await Promise.all(clients.splice(0).map((c) => c.quit()));
+    },
+  },
+];
+
+function track(ls: Leases[]): Leases[] {
+  opened.push(...ls);
+  return ls;
+}
+
+const call = (ms = 10_000) => ({ signal: new AbortController().signal, deadline: Date.now() + ms });
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+beforeAll(async () => {
+  redis = await startRedis();
+});
+afterAll(async () => {
+  await Promise.all(opened.splice(0).map((l) => l.close()));
+  for (const b of backends) await b.closeAll();
+  await redis?.stop();
+});
+
+describe.each(backends)("Leases contract ($name)", (backend) => {
+  it("takes free instances at once and hands out increasing fences", async () => {
+    const [a] = await backend.replicas(1);
+    const scope = randomUUID();
+    const h1 = await a!.acquire(scope, ["ins-00000001", "ins-00000002"], { ...call(), owner: "r1" });
+    await h1.release();
+    const h2 = await a!.acquire(scope, ["ins-00000002"], { ...call(), owner: "r1" });
+    expect(h2.fence).toBeGreaterThan(h1.fence);
+    expect(h2.lost.aborted).toBe(false);
+    await h2.release();
+  });
+
+  it("is all or none: a busy instance blocks the whole set, the others stay free", async () => {
+    const [a, b] = await backend.replicas(2);
+    const scope = randomUUID();
+    const held = await a!.acquire(scope, ["ins-00000002"], { ...call(), owner: "r1" });
+    const err = await b!
+      .acquire(scope, ["ins-00000001", "ins-00000002", "ins-00000003"], { ...call(150), owner: "r2" })
+      .catch((e: unknown) => e);
+    expect(isKeygateError(err) && err.reason).toBe("INSTANCE_BUSY");
+    // Nothing of the failed set was left held.
+    const other = await b!.acquire(scope, ["ins-00000001", "ins-00000003"], { ...call(150), owner: "r2" });
+    await other.release();
+    await held.release();
+  });
+
+  it("waits for a busy instance and gets it when released", async () => {
+    const [a, b] = await backend.replicas(2);
+    const scope = randomUUID();
+    const held = await a!.acquire(scope, ["ins-00000001"], { ...call(), owner: "r1" });
+    let got = false;
+    const waiting = b!.acquire(scope, ["ins-00000001"], { ...call(), owner: "r2" }).then((h) => {
+      got = true;
+      return h;
+    });
+    await sleep(50);
+    expect(got).toBe(false);
+    await held.release();
+    const h = await waiting;
+    expect(h.fence).toBeGreaterThan(held.fence);
+    await h.release();
+  });
+
+  it("scopes are independent", async () => {
+    const [a] = await backend.replicas(1);
+    const h1 = await a!.acquire(randomUUID(), ["ins-00000001"], { ...call(), owner: "r1" });
+    const h2 = await a!.acquire(randomUUID(), ["ins-00000001"], { ...call(100), owner: "r1" });
+    await Promise.all([h1.release(), h2.release()]);
+  });
+
+  it("ends the wait on abort with CANCELLED, or with the signal's own KeygateError", async () => {
+    const [a] = await backend.replicas(1);
+    const scope = randomUUID();
+    const held = await a!.acquire(scope, ["ins-00000001"], { ...call(), owner: "r1" });
+    const ctl = new AbortController();
+    const waiting = a!
+      .acquire(scope, ["ins-00000001"], { signal: ctl.signal, owner: "r2" })
+      .catch((e: unknown) => e);
+    await sleep(30);
+    ctl.abort();
+    const err = await waiting;
+    expect(isKeygateError(err) && err.reason).toBe("CANCELLED");
+
+    const ctl2 = new AbortController();
+    ctl2.abort(keygateError("DEADLINE_EXCEEDED", "caller deadline"));
+    const err2 = await a!
+      .acquire(scope, ["ins-00000001"], { signal: ctl2.signal, owner: "r2" })
+      .catch((e: unknown) => e);
+    expect(isKeygateError(err2) && err2.reason).toBe("DEADLINE_EXCEEDED");
+    await held.release();
+  });
+
+  it("keeps a held lease alive past its TTL by renewing it", async () => {
+    const [a, b] = await backend.replicas(2, { ttlMs: 400, renewEveryMs: 50 });
+    const scope = randomUUID();
+    const held = await a!.acquire(scope, ["ins-00000001"], { ...call(), owner: "r1" });
+    const err = await b!
+      .acquire(scope, ["ins-00000001"], { ...call(1_200), owner: "r2" })
+      .catch((e: unknown) => e);
+    expect(isKeygateError(err) && err.reason).toBe("INSTANCE_BUSY");
+    expect(held.lost.aborted).toBe(false);
+    await held.release();
+  });
+
+  it("lets a crashed holder's lease expire; the stale holder learns it lost it and cannot free the new one", async () => {
+    // The "crashed" replica never renews within the TTL.
+    const [crashed] = await backend.replicas(1, { ttlMs: 200, renewEveryMs: 600 });
+    const [b, c] = await backend.replicas(2);
+    const scope = randomUUID();
+    const stale = await crashed!.acquire(scope, ["ins-00000001", "ins-00000002"], {
+      ...call(),
+      owner: "dead",
+    });
+    const lost = new Promise<unknown>((r) =>
+      stale.lost.addEventListener("abort", () => r(stale.lost.reason)),
+    );
+    const taken = await b!.acquire(scope, ["ins-00000002"], { ...call(), owner: "r2" });
+    expect(taken.fence).toBeGreaterThan(stale.fence);
+    const reason = await lost;
+    expect(isKeygateError(reason) && reason.reason).toBe("INSTANCE_BUSY");
+    await stale.release();
+    const err = await c!
+      .acquire(scope, ["ins-00000002"], { ...call(100), owner: "r3" })
+      .catch((e: unknown) => e);
+    expect(isKeygateError(err) && err.reason).toBe("INSTANCE_BUSY");
+    await taken.release();
+  });
+
+  it("release is idempotent and never throws", async () => {
+    const [a] = await backend.replicas(1);
+    const h = await a!.acquire(randomUUID(), ["ins-00000001"], { ...call(), owner: "r1" });
+    await h.release();
+    await h.release();
+  });
+
+  it("refuses new acquisitions after close", async () => {
+    const [a] = await backend.replicas(1);
+    await a!.close();
+    const err = await a!
+      .acquire(randomUUID(), ["ins-00000001"], { ...call(), owner: "r1" })
+      .catch((e: unknown) => e);
+    expect(isKeygateError(err) && err.reason).toBe("SHUTTING_DOWN");
+  });
+
+  it("never lets two holders share an instance, and never deadlocks, under racing overlapping sets", async () => {
+    const replicas = await backend.replicas(2, { retryMinMs: 2, retryMaxMs: 20 });
+    const scope = randomUUID();
+    const pool = Array.from({ length: 6 }, (_, i) => `ins-0000000${i}`);
+    const holder = new Map<string, string>();
+    const intervals: { id: string; from: number; to: number }[] = [];
+    const violations: string[] = [];
+    let seed = 42;
+    const rand = () => (seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31;
+
+    const worker = async (w: number) => {
+      const leases = replicas[w % 2]!;
+      for (let round = 0; round < 6; round++) {
+        const ids = pool.filter(() => rand() < 0.4);
+        if (ids.length === 0) ids.push(pool[w % pool.length]!);
+        const me = `w${w}r${round}`;
+        const h = await leases.acquire(scope, ids, { ...call(60_000), owner: me });
+        const from = performance.now();
+        for (const id of ids) {
+          if (holder.has(id)) violations.push(`${id}: ${me} while ${holder.get(id)}`);
+          holder.set(id, me);
+        }
+        await sleep(1 + Math.floor(rand() * 4));
+        for (const id of ids) holder.delete(id);
+        const to = performance.now();
+        for (const id of ids) intervals.push({ id, from, to });
+        await h.release();
+      }
+    };
+    await Promise.all(Array.from({ length: 30 }, (_, w) => worker(w)));
+
+    expect(violations).toEqual([]);
+    for (const id of pool) {
+      const mine = intervals.filter((i) => i.id === id).sort((x, y) => x.from - y.from);
+      for (let i = 1; i < mine.length; i++) expect(mine[i]!.from).toBeGreaterThanOrEqual(mine[i - 1]!.to);
+    }
+    expect(intervals.length).toBeGreaterThan(0);
+  });
+});
