@@ -6,8 +6,7 @@ import type { Leases } from "../src/core/ports.js";
 import { createLeases, type LeasesOptions } from "../src/leases/leases.js";
 import { createMemoryLeaseStore } from "../src/leases/memory-lease-store.js";
 import { createRedisLeaseStore } from "../src/leases/redis-lease-store.js";
-import type { RedisClient } from "../src/store/redis.js";
-import { connectedClient } from "./support/leases-redis.js";
+import { createRedis, type RedisClient } from "../src/store/redis.js";
 import { startRedis, type RedisProcess } from "./support/redis-server.js";
 
 /** Several "replicas" sharing one backend: separate Redis clients, or one in-memory store. */
@@ -56,6 +55,13 @@ const backends: Backend[] = [
 function track(ls: Leases[]): Leases[] {
   opened.push(...ls);
   return ls;
+}
+
+/** Production-made client (no offline queue), returned once connected. */
+async function connectedClient(url: string): Promise<RedisClient> {
+  const client = createRedis(url, { connectionName: "keygate-test" });
+  if (client.status !== "ready") await new Promise<void>((resolve) => client.once("ready", () => resolve()));
+  return client;
 }
 
 const call = (ms = 10_000) => ({ signal: new AbortController().signal, deadline: Date.now() + ms });
