@@ -42,6 +42,11 @@ export interface AcquireRequest extends CallOptions {
 
 export interface Grant {
   waitedMs: number;
+  /**
+   * Epoch ms by which the upstream request must have been sent; a later send could bunch
+   * up with later grants at the cloud, so the caller acquires again instead (the grant is wasted).
+   */
+  sendBy?: number;
 }
 
 /**
@@ -87,4 +92,76 @@ export interface Operations {
   /** Runs or joins; `deduplicated` is true for callers that did not execute. */
   run(op: OperationRun, opts: CallOptions): Promise<AssociateResult>;
   close(): Promise<void>;
+}
+
+/** The tenant a caller authenticated as. */
+export interface Tenant {
+  name: string;
+  /** Share of the global limit when tenants compete. */
+  weight: number;
+}
+
+/** How the caller proved who it is: a bearer token and/or a verified mTLS client certificate. */
+export interface CallerCredential {
+  bearer?: string | undefined;
+  /** URI SANs (SPIFFE IDs) and DNS SANs of a verified client certificate. */
+  uris?: string[] | undefined;
+  dnsNames?: string[] | undefined;
+}
+
+export type PolicyDecision =
+  { allowed: true } | { allowed: false; rule: string; message: string; offending: string[] };
+
+/** The tenant policy in force (hot-reloaded behind this interface). */
+export interface PolicyGate {
+  authenticate(credential: CallerCredential): Tenant | undefined;
+  /** Instance ids whose decision needs DescribeInstances (tags / projects selectors). */
+  needsLookup(tenant: Tenant, input: AssociateInput): string[];
+  decide(
+    tenant: Tenant,
+    input: AssociateInput,
+    lookup: ReadonlyMap<string, InstanceInfo | undefined>,
+  ): PolicyDecision;
+}
+
+/** Cached, batched, rate-limited DescribeInstances for policy decisions. */
+export interface InstanceLookup {
+  get(
+    region: string,
+    instanceIds: string[],
+    opts: CallOptions,
+  ): Promise<ReadonlyMap<string, InstanceInfo | undefined>>;
+}
+
+/** Watches the cloud tasks an associate started (DescribeInstances polling). */
+export interface TaskWatcher {
+  /** Resolves with each instance's state once all tasks of `requestId` finished, or at the time limit. */
+  waitForTasks(
+    region: string,
+    instanceIds: string[],
+    requestId: string,
+    opts: CallOptions,
+  ): Promise<import("./model.js").InstanceOutcome[]>;
+  /** Resolves when none of the instances is OPERATING. */
+  waitUntilIdle(region: string, instanceIds: string[], opts: CallOptions): Promise<void>;
+}
+
+/** One structured line per decision (G7). */
+export interface AuditEntry {
+  requestId: string;
+  tenant: string | undefined;
+  region: string;
+  instances: string[];
+  keys: string[];
+  forceStop: boolean;
+  decision: "allowed" | "denied" | "failed";
+  rule?: string | undefined;
+  reason?: string | undefined;
+  deduplicated: boolean;
+  limiterWaitMs: number;
+  leaseWaitMs: number;
+  attempts: number;
+  upstreamRequestId?: string | undefined;
+  upstreamCode?: string | undefined;
+  durationMs: number;
 }

@@ -1,0 +1,65 @@
+import { randomUUID } from "node:crypto";
+import { create } from "@bufbuild/protobuf";
+import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
+import { createContextKey } from "@connectrpc/connect";
+import type { AssociateService } from "../core/associate-service.js";
+import type { Clock } from "../core/clock.js";
+import { keygateError } from "../core/errors.js";
+import type { CallerCredential } from "../core/ports.js";
+import { AssociateKeyPairsResponseSchema, type KeyPairService } from "../gen/keygate/v1/keygate_pb.js";
+import { bearerFrom } from "./credentials.js";
+import { toConnectError } from "./error-mapping.js";
+
+/** mTLS identities of the connection, put into the context by the Node adapter. */
+export const peerKey = createContextKey<Pick<CallerCredential, "uris" | "dnsNames">>({});
+
+export interface KeyPairServiceOptions {
+  service: Pick<AssociateService, "associate">;
+  clock: Clock;
+  /** Applied when the caller sets no deadline (grpc-timeout / connect-timeout-ms). */
+  defaultDeadlineMs: number;
+  isDraining: () => boolean;
+  onInflight?: (delta: 1 | -1) => void;
+}
+
+/** Translates the proto API to the domain and domain errors back to status codes. */
+export function createKeyPairServiceImpl(opts: KeyPairServiceOptions): ServiceImpl<typeof KeyPairService> {
+  return {
+    async associateKeyPairs(req, ctx) {
+      opts.onInflight?.(1);
+      try {
+        if (opts.isDraining())
+          throw keygateError("SHUTTING_DOWN", "this keygate replica is shutting down; retry");
+        const timeout = ctx.timeoutMs();
+        const result = await opts.service.associate({
+          requestId: requestIdOf(ctx),
+          credential: {
+            bearer: bearerFrom(ctx.requestHeader.get("authorization")),
+            ...ctx.values.get(peerKey),
+          },
+          request: {
+            region: req.region,
+            instanceIds: req.instanceIds,
+            keyIds: req.keyIds,
+            forceStop: req.forceStop,
+            idempotencyKey: req.idempotencyKey,
+            waitForCompletion: req.waitForCompletion,
+          },
+          signal: ctx.signal,
+          deadline: opts.clock.now() + Math.min(timeout ?? opts.defaultDeadlineMs, opts.defaultDeadlineMs),
+        });
+        return create(AssociateKeyPairsResponseSchema, result);
+      } catch (err) {
+        throw toConnectError(err);
+      } finally {
+        opts.onInflight?.(-1);
+      }
+    },
+  };
+}
+
+/** A caller-supplied x-request-id (sanitised) or a fresh one, so logs can be joined across systems. */
+function requestIdOf(ctx: HandlerContext): string {
+  const given = ctx.requestHeader.get("x-request-id");
+  return given && /^[A-Za-z0-9._:-]{1,64}$/.test(given) ? given : randomUUID();
+}

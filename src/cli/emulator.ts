@@ -1,0 +1,33 @@
+import { createEmulator, EMULATOR_SECRET_ID } from "../upstream/emulator/index.js";
+
+/** `keygate emulator [--port N] [--inventory FILE] [--task-ms N]`: the CVM emulator alone. */
+export async function runEmulator(args: string[]): Promise<number | "running"> {
+  const opts: { port: number; inventoryFile?: string; taskMs?: number } = { port: 9000 };
+  for (let i = 0; i < args.length; i += 1) {
+    const flag = args[i];
+    const value = args[i + 1];
+    if (value === undefined) return usage(`${flag ?? ""} needs a value`);
+    if (flag === "--port" && /^\d+$/.test(value) && Number(value) <= 65535) opts.port = Number(value);
+    else if (flag === "--inventory") opts.inventoryFile = value;
+    else if (flag === "--task-ms" && /^\d+$/.test(value)) opts.taskMs = Number(value);
+    else return usage(`unexpected "${flag ?? ""} ${value}"`);
+    i += 1;
+  }
+  const emulator = await createEmulator({ host: "127.0.0.1", ...opts });
+  process.stdout.write(
+    `CVM emulator listening on ${emulator.url} (SecretId ${EMULATOR_SECRET_ID}; admin: GET ${emulator.url}/__emulator/stats)\n`,
+  );
+  const stop = () => {
+    void emulator.close().then(() => process.exit(0));
+  };
+  process.on("SIGTERM", stop);
+  process.on("SIGINT", stop);
+  return "running";
+}
+
+function usage(problem: string): number {
+  process.stderr.write(
+    `keygate emulator: ${problem}\nusage: keygate emulator [--port N] [--inventory FILE] [--task-ms N]\n`,
+  );
+  return 2;
+}

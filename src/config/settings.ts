@@ -1,0 +1,180 @@
+import { parseRedisUrl } from "../store/redis.js";
+
+/** Everything keygate reads from its environment, validated once and frozen. */
+export interface Settings {
+  host: string;
+  port: number;
+  metricsPort: number;
+  policyFile: string | undefined;
+  redisUrl: string | undefined;
+  credentials:
+    | { kind: "static"; secretId: string; secretKey: string; token: string | undefined }
+    | { kind: "oidc" }
+    | { kind: "none" };
+  endpoint: string;
+  upstreamUrl: string | undefined;
+  rateLimit: number;
+  describeRateLimit: number;
+  /** Extra width of the limiter's window over the cloud's 1000 ms, absorbing grant-to-arrival jitter. */
+  rateMarginMs: number;
+  logLevel: "fatal" | "error" | "warn" | "info" | "debug" | "trace" | "silent";
+  /** Longest a request may wait for a token or a lease when the caller sets no deadline. */
+  maxWaitMs: number;
+  /** Deadline applied to calls that carry none. */
+  defaultDeadlineMs: number;
+  maxQueue: number;
+  upstreamTimeoutMs: number;
+  taskMaxWaitMs: number;
+  taskPollMs: number;
+  drainMs: number;
+  onStoreDown: "fail-closed" | "local-share";
+  replicas: number;
+  tls: { cert: string; key: string; clientCa: string | undefined } | undefined;
+}
+
+type Env = Record<string, string | undefined>;
+
+const LOG_LEVELS = ["fatal", "error", "warn", "info", "debug", "trace", "silent"] as const;
+
+/** Thrown with every problem found, so start-up can print them all at once. */
+export class SettingsError extends Error {
+  constructor(readonly problems: string[]) {
+    super(`invalid configuration:\n${problems.map((p) => `  - ${p}`).join("\n")}`);
+    this.name = "SettingsError";
+  }
+}
+
+/**
+ * Reads the environment. `mode` "serve" requires a policy file and credentials; "dev" fills
+ * both in itself. Never includes a secret value in a problem description.
+ */
+export function loadSettings(env: Env, mode: "serve" | "dev" = "serve"): Settings {
+  const problems: string[] = [];
+  const str = (name: string, def?: string): string | undefined => {
+    const v = env[name];
+    return v === undefined || v.trim() === "" ? def : v.trim();
+  };
+  const int = (name: string, def: number, min: number, max: number): number => {
+    const raw = str(name);
+    if (raw === undefined) return def;
+    if (!/^\d+$/.test(raw)) {
+      problems.push(`${name}="${raw}" is not a whole number (expected ${min}..${max})`);
+      return def;
+    }
+    const n = Number(raw);
+    if (n < min || n > max) problems.push(`${name}=${n} is out of range ${min}..${max}`);
+    return n;
+  };
+
+  const host = str("KEYGATE_HOST", "0.0.0.0") ?? "0.0.0.0";
+  const port = int("KEYGATE_PORT", 8080, 0, 65535);
+  const metricsPort = int("KEYGATE_METRICS_PORT", 9090, 0, 65535);
+  if (port !== 0 && port === metricsPort) problems.push(`KEYGATE_PORT and KEYGATE_METRICS_PORT are both ${port}`);
+
+  const policyFile = str("KEYGATE_POLICY_FILE");
+  if (mode === "serve" && policyFile === undefined) {
+    problems.push("KEYGATE_POLICY_FILE is required: the path of the tenant policy YAML (see README)");
+  }
+
+  const redisUrl = str("KEYGATE_REDIS_URL");
+  if (redisUrl !== undefined) {
+    const parsed = parseRedisUrl(redisUrl);
+    if (!parsed.ok) problems.push(`KEYGATE_REDIS_URL ${parsed.error}`);
+  }
+
+  const credKind = str("KEYGATE_CREDENTIALS", "env");
+  let credentials: Settings["credentials"] = { kind: "none" };
+  if (credKind === "oidc") {
+    credentials = { kind: "oidc" };
+    for (const v of ["TKE_REGION", "TKE_PROVIDER_ID", "TKE_WEB_IDENTITY_TOKEN_FILE", "TKE_ROLE_ARN"]) {
+      if (str(v) === undefined) problems.push(`KEYGATE_CREDENTIALS=oidc needs ${v} (TKE workload identity)`);
+    }
+  } else if (credKind === "env") {
+    const secretId = str("TENCENTCLOUD_SECRET_ID");
+    const secretKey = str("TENCENTCLOUD_SECRET_KEY");
+    if (secretId && secretKey) {
+      credentials = { kind: "static", secretId, secretKey, token: str("TENCENTCLOUD_SESSION_TOKEN") };
+    } else if (mode === "serve") {
+      problems.push(
+        "TENCENTCLOUD_SECRET_ID and TENCENTCLOUD_SECRET_KEY are required (or KEYGATE_CREDENTIALS=oidc for TKE workload identity)",
+      );
+    } else if (secretId || secretKey) {
+      problems.push("set both TENCENTCLOUD_SECRET_ID and TENCENTCLOUD_SECRET_KEY, or neither");
+    }
+  } else {
+    problems.push(`KEYGATE_CREDENTIALS="${credKind}" must be "env" or "oidc"`);
+  }
+
+  const endpoint = str("KEYGATE_ENDPOINT", "cvm.tencentcloudapi.com") ?? "cvm.tencentcloudapi.com";
+  if (!/^cvm(\.[a-z0-9-]+)*\.tencentcloudapi\.com$/.test(endpoint)) {
+    problems.push(
+      `KEYGATE_ENDPOINT="${endpoint}" must be a CVM API host such as cvm.tencentcloudapi.com or cvm.ap-guangzhou.tencentcloudapi.com (no scheme, no port)`,
+    );
+  }
+  const upstreamUrl = str("KEYGATE_UPSTREAM_URL");
+  if (upstreamUrl !== undefined) {
+    let ok = false;
+    try {
+      const u = new URL(upstreamUrl);
+      ok = (u.protocol === "http:" || u.protocol === "https:") && (u.pathname === "/" || u.pathname === "");
+    } catch {
+      ok = false;
+    }
+    if (!ok) problems.push(`KEYGATE_UPSTREAM_URL="${upstreamUrl}" must be http(s)://host:port with no path`);
+  }
+
+  const rateLimit = int("KEYGATE_RATE_LIMIT", 10, 1, 1000);
+  const describeRateLimit = int("KEYGATE_DESCRIBE_RATE_LIMIT", 40, 1, 1000);
+  const rateMarginMs = int("KEYGATE_RATE_MARGIN_MS", 40, 0, 1000);
+
+  const logLevel = (str("KEYGATE_LOG_LEVEL", "info") ?? "info").toLowerCase();
+  if (!(LOG_LEVELS as readonly string[]).includes(logLevel)) {
+    problems.push(`KEYGATE_LOG_LEVEL="${logLevel}" must be one of ${LOG_LEVELS.join(", ")}`);
+  }
+
+  const maxWaitMs = int("KEYGATE_MAX_WAIT_MS", 30_000, 0, 600_000);
+  const defaultDeadlineMs = int("KEYGATE_DEFAULT_DEADLINE_MS", 60_000, 1, 3_600_000);
+  const maxQueue = int("KEYGATE_MAX_QUEUE", 1000, 1, 1_000_000);
+  const upstreamTimeoutMs = int("KEYGATE_UPSTREAM_TIMEOUT_MS", 10_000, 100, 120_000);
+  const taskMaxWaitMs = int("KEYGATE_TASK_MAX_WAIT_MS", 300_000, 1_000, 3_600_000);
+  const taskPollMs = int("KEYGATE_TASK_POLL_MS", 500, 50, 60_000);
+  const drainMs = int("KEYGATE_DRAIN_MS", 20_000, 0, 600_000);
+
+  const onStoreDown = str("KEYGATE_ON_STORE_DOWN", "fail-closed");
+  if (onStoreDown !== "fail-closed" && onStoreDown !== "local-share") {
+    problems.push(`KEYGATE_ON_STORE_DOWN="${onStoreDown}" must be "fail-closed" or "local-share"`);
+  }
+  const replicas = int("KEYGATE_REPLICAS", 1, 1, 1000);
+
+  const cert = str("KEYGATE_TLS_CERT");
+  const key = str("KEYGATE_TLS_KEY");
+  const clientCa = str("KEYGATE_TLS_CLIENT_CA");
+  if ((cert === undefined) !== (key === undefined)) problems.push("set both KEYGATE_TLS_CERT and KEYGATE_TLS_KEY, or neither");
+  if (clientCa !== undefined && cert === undefined) problems.push("KEYGATE_TLS_CLIENT_CA needs KEYGATE_TLS_CERT and KEYGATE_TLS_KEY");
+
+  if (problems.length > 0) throw new SettingsError(problems);
+  return Object.freeze({
+    host,
+    port,
+    metricsPort,
+    policyFile,
+    redisUrl,
+    credentials,
+    endpoint,
+    upstreamUrl,
+    rateLimit,
+    describeRateLimit,
+    rateMarginMs,
+    logLevel: logLevel as Settings["logLevel"],
+    maxWaitMs,
+    defaultDeadlineMs,
+    maxQueue,
+    upstreamTimeoutMs,
+    taskMaxWaitMs,
+    taskPollMs,
+    drainMs,
+    onStoreDown: onStoreDown as Settings["onStoreDown"],
+    replicas,
+    tls: cert && key ? { cert, key, clientCa } : undefined,
+  });
+}

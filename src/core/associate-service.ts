@@ -1,0 +1,290 @@
+import type { Clock } from "./clock.js";
+import { KeygateError, isKeygateError, keygateError } from "./errors.js";
+import type { AssociateInput, AssociateRequest, AssociateResult } from "./model.js";
+import type {
+  AuditEntry,
+  BucketSpec,
+  CallOptions,
+  CallerCredential,
+  InstanceLookup,
+  Leases,
+  Operations,
+  PolicyGate,
+  RateLimiter,
+  TaskWatcher,
+  Tenant,
+  Upstream,
+} from "./ports.js";
+import { fingerprintOf } from "./fingerprint.js";
+import {
+  isMutexBusy,
+  isRateLimitedUpstream,
+  isTransientUpstream,
+  mayHaveReachedUpstream,
+} from "./upstream-errors.js";
+import { validateRequest } from "./validate.js";
+
+/** Observers the orchestration reports to; all optional so tests can leave them out. */
+export interface AssociateHooks {
+  audit?: (entry: AuditEntry) => void;
+  upstreamCall?: (action: string, code: string, seconds: number) => void;
+  leaseWait?: (seconds: number) => void;
+  dedupJoin?: () => void;
+  /** Something went wrong after the answer was sent (background task watch). */
+  backgroundError?: (err: unknown) => void;
+}
+
+export interface AssociateServiceOptions {
+  clock: Clock;
+  upstream: Upstream;
+  limiter: RateLimiter;
+  leases: Leases;
+  operations: Operations;
+  policy: PolicyGate;
+  lookup: InstanceLookup;
+  tasks: TaskWatcher;
+  /** The AssociateInstancesKeyPairs bucket of this credential + endpoint. */
+  bucket: BucketSpec;
+  /** Credential identity + endpoint: the namespace of leases and coalescing. */
+  scope: string;
+  /** This replica's name, recorded as the lease owner. */
+  owner: string;
+  /** Upper bound for the task watch that keeps leases after the call returned. */
+  taskMaxWaitMs: number;
+  hooks?: AssociateHooks;
+}
+
+export interface AssociateCall extends CallOptions {
+  requestId: string;
+  credential: CallerCredential;
+  request: AssociateRequest;
+}
+
+const PENALTY_MS = 1_000;
+const MAX_TRANSIENT_RETRIES = 3;
+
+/**
+ * The request's whole path: authenticate → validate → policy → coalesce/idempotency → lease →
+ * token → upstream (with retries that spend tokens) → task watch. Depends only on ports.
+ */
+export function createAssociateService(opts: AssociateServiceOptions) {
+  const { clock, upstream, limiter, leases, operations, policy, lookup, tasks, bucket, scope, owner } = opts;
+  const hooks = opts.hooks ?? {};
+  /** Leases held after an answer until the cloud task ends; awaited on drain. */
+  const background = new Set<Promise<void>>();
+  const backgroundAbort = new AbortController();
+
+  async function associate(call: AssociateCall): Promise<AssociateResult> {
+    const started = clock.now();
+    const { request } = call;
+    const entry: AuditEntry = {
+      requestId: call.requestId,
+      tenant: undefined,
+      region: request.region,
+      instances: request.instanceIds,
+      keys: request.keyIds,
+      forceStop: request.forceStop,
+      decision: "denied",
+      deduplicated: false,
+      limiterWaitMs: 0,
+      leaseWaitMs: 0,
+      attempts: 0,
+      durationMs: 0,
+    };
+    try {
+      const tenant = policy.authenticate(call.credential);
+      if (!tenant) {
+        entry.rule = "authentication";
+        throw keygateError(
+          "UNAUTHENTICATED",
+          "missing or unknown credentials: send `authorization: Bearer <token>`",
+        );
+      }
+      entry.tenant = tenant.name;
+      validateRequest(request);
+      const input: AssociateInput = {
+        region: request.region,
+        instanceIds: request.instanceIds,
+        keyIds: request.keyIds,
+        forceStop: request.forceStop,
+      };
+      await authorize(tenant, input, call, entry);
+      entry.decision = "allowed";
+      const result = await operations.run(
+        {
+          fingerprint: fingerprintOf(scope, input),
+          idempotency: request.idempotencyKey
+            ? { tenant: tenant.name, key: request.idempotencyKey }
+            : undefined,
+          execute: () => execute(tenant, input, request.waitForCompletion, call, entry),
+        },
+        call,
+      );
+      if (result.deduplicated) {
+        entry.deduplicated = true;
+        hooks.dedupJoin?.();
+      }
+      entry.upstreamRequestId = result.requestId;
+      return result;
+    } catch (err) {
+      const e = asKeygateError(err, call);
+      if (entry.decision === "allowed") entry.decision = "failed";
+      entry.reason = e.reason;
+      entry.upstreamCode ??= e.upstreamCode;
+      entry.upstreamRequestId ??= e.upstreamRequestId;
+      throw e;
+    } finally {
+      entry.durationMs = clock.now() - started;
+      hooks.audit?.(entry);
+    }
+  }
+
+  async function authorize(tenant: Tenant, input: AssociateInput, call: AssociateCall, entry: AuditEntry) {
+    const need = policy.needsLookup(tenant, input);
+    const found = need.length > 0 ? await lookup.get(input.region, need, call) : new Map();
+    const decision = policy.decide(tenant, input, found);
+    if (!decision.allowed) {
+      entry.rule = decision.rule;
+      throw keygateError("POLICY_DENIED", decision.message);
+    }
+  }
+
+  async function execute(
+    tenant: Tenant,
+    input: AssociateInput,
+    waitForCompletion: boolean,
+    call: AssociateCall,
+    entry: AuditEntry,
+  ): Promise<AssociateResult> {
+    const leaseStart = clock.now();
+    const lease = await leases.acquire(scope, input.instanceIds, { ...call, owner });
+    entry.leaseWaitMs = clock.now() - leaseStart;
+    hooks.leaseWait?.(entry.leaseWaitMs / 1000);
+    let handedOff = false;
+    try {
+      const signal = AbortSignal.any([call.signal, lease.lost]);
+      const requestId = await callWithRetries(tenant, input, { signal, deadline: call.deadline }, entry);
+      entry.upstreamRequestId = requestId;
+      if (waitForCompletion) {
+        const instances = await tasks.waitForTasks(input.region, input.instanceIds, requestId, {
+          signal,
+          deadline: call.deadline,
+        });
+        return { requestId, deduplicated: false, instances };
+      }
+      // The cloud task outlives the call: keep the instances leased until it ends (G3).
+      handedOff = true;
+      const watch = holdUntilTaskEnds(input, requestId, lease);
+      background.add(watch);
+      void watch.finally(() => background.delete(watch));
+      return { requestId, deduplicated: false, instances: [] };
+    } finally {
+      if (!handedOff) await lease.release().catch((e: unknown) => hooks.backgroundError?.(e));
+    }
+  }
+
+  async function holdUntilTaskEnds(
+    input: AssociateInput,
+    requestId: string,
+    lease: { lost: AbortSignal; release(): Promise<void> },
+  ): Promise<void> {
+    try {
+      await tasks.waitForTasks(input.region, input.instanceIds, requestId, {
+        signal: AbortSignal.any([backgroundAbort.signal, lease.lost]),
+        deadline: clock.now() + opts.taskMaxWaitMs,
+      });
+    } catch (err) {
+      if (!backgroundAbort.signal.aborted) hooks.backgroundError?.(err);
+    } finally {
+      await lease.release().catch((e: unknown) => hooks.backgroundError?.(e));
+    }
+  }
+
+  async function callWithRetries(
+    tenant: Tenant,
+    input: AssociateInput,
+    call: CallOptions,
+    entry: AuditEntry,
+  ): Promise<string> {
+    let transient = 0;
+    for (;;) {
+      // Every attempt, first or retry, spends a token (G1).
+      const grant = await limiter.acquire({ bucket, tenant: tenant.name, weight: tenant.weight, ...call });
+      entry.limiterWaitMs += grant.waitedMs;
+      if (grant.sendBy !== undefined && clock.now() > grant.sendBy) continue;
+      entry.attempts += 1;
+      const t0 = clock.now();
+      try {
+        const { requestId } = await upstream.associateInstancesKeyPairs(input, call);
+        hooks.upstreamCall?.("AssociateInstancesKeyPairs", "OK", (clock.now() - t0) / 1000);
+        return requestId;
+      } catch (err) {
+        const e = asKeygateError(err, call);
+        hooks.upstreamCall?.(
+          "AssociateInstancesKeyPairs",
+          e.upstreamCode ?? e.reason,
+          (clock.now() - t0) / 1000,
+        );
+        entry.upstreamCode = e.upstreamCode;
+        entry.upstreamRequestId = e.upstreamRequestId;
+        if (isRateLimitedUpstream(e)) {
+          // Someone outside keygate spent the quota: make every replica hold off, then retry.
+          await limiter.penalize(bucket, PENALTY_MS);
+          continue;
+        }
+        if (isMutexBusy(e)) {
+          // A task started outside keygate (a person in the console): retry once it is idle.
+          if (!hasTimeLeft(call)) throw e;
+          await tasks.waitUntilIdle(input.region, input.instanceIds, call).catch((w: unknown) => {
+            throw isDeadline(w, call) ? e : w;
+          });
+          continue;
+        }
+        if (isTransientUpstream(e) && transient < MAX_TRANSIENT_RETRIES && hasTimeLeft(call)) {
+          transient += 1;
+          await clock.sleep(Math.min(200 * 2 ** transient, remaining(call)), call.signal);
+          // A timed-out call may have reached the cloud and started a task: wait it out before resending.
+          if (mayHaveReachedUpstream(e)) await tasks.waitUntilIdle(input.region, input.instanceIds, call);
+          continue;
+        }
+        throw e;
+      }
+    }
+  }
+
+  function remaining(call: CallOptions): number {
+    return call.deadline === undefined ? Number.POSITIVE_INFINITY : Math.max(0, call.deadline - clock.now());
+  }
+  function hasTimeLeft(call: CallOptions): boolean {
+    return remaining(call) > 0 && !call.signal.aborted;
+  }
+  function isDeadline(err: unknown, call: CallOptions): boolean {
+    return (isKeygateError(err) && err.reason === "DEADLINE_EXCEEDED") || remaining(call) <= 0;
+  }
+
+  function asKeygateError(err: unknown, call: CallOptions): KeygateError {
+    if (isKeygateError(err)) return err;
+    if (call.signal.aborted) {
+      return remaining(call) <= 0
+        ? keygateError("DEADLINE_EXCEEDED", "the deadline passed before keygate could answer")
+        : keygateError("CANCELLED", "the call was cancelled");
+    }
+    return keygateError("INTERNAL", "internal error", { cause: err });
+  }
+
+  return {
+    associate,
+    /** Leases still held for cloud tasks that outlive their calls. */
+    backgroundCount: () => background.size,
+    /** Waits (up to `ms`) for background task watches, then stops them and releases their leases. */
+    async drain(ms: number): Promise<void> {
+      if (background.size > 0) {
+        await Promise.race([Promise.allSettled([...background]), clock.sleep(ms)]);
+      }
+      backgroundAbort.abort(keygateError("SHUTTING_DOWN", "keygate is shutting down"));
+      await Promise.allSettled([...background]);
+    },
+  };
+}
+
+export type AssociateService = ReturnType<typeof createAssociateService>;

@@ -1,0 +1,321 @@
+/**
+ * The one place that constructs implementations and wires them together (envoy's runner.go).
+ * Everything else depends on the small interfaces in src/core/ports.ts.
+ */
+import { hostname } from "node:os";
+import type { AddressInfo } from "node:net";
+import { createApiServer } from "./api/server.js";
+import { createHealth } from "./api/health.js";
+import { createKeyPairServiceImpl } from "./api/keypair-service.js";
+import type { Settings } from "./config/settings.js";
+import { createAssociateService } from "./core/associate-service.js";
+import { type Clock, systemClock } from "./core/clock.js";
+import type { BucketSpec, CallOptions, PolicyGate, Tenant } from "./core/ports.js";
+import { createMemoryOperations, createRedisOperations } from "./dedup/index.js";
+import { createMemoryLeases } from "./leases/memory-leases.js";
+import { createRedisLeases } from "./leases/redis-leases.js";
+import { createTaskWatcher } from "./leases/task-watcher.js";
+import { createMemoryLimiter, createRedisLimiter, type Limiter } from "./limiter/index.js";
+import { createAuditSink } from "./observability/audit.js";
+import type { Logger } from "./observability/logger.js";
+import { createMetrics } from "./observability/metrics.js";
+import { createMetricsServer } from "./observability/metrics-server.js";
+import { authenticateBearer, authenticateIdentity } from "./policy/authenticate.js";
+import { decide, needsLookup } from "./policy/decide.js";
+import { createInstanceCache } from "./policy/instance-cache.js";
+import type { Policy } from "./policy/policy.js";
+import { createPolicySource, createStaticPolicySource } from "./policy/source.js";
+import { createRedis, redact, type RedisClient } from "./store/redis.js";
+import {
+  createCredentialProvider,
+  credentialIdentity,
+  createTencentUpstream,
+} from "./upstream/tencent-upstream.js";
+
+export interface AppOptions {
+  settings: Settings;
+  logger: Logger;
+  clock?: Clock;
+  /** Policy given as text instead of KEYGATE_POLICY_FILE (used by `keygate dev`). */
+  policyText?: { text: string; source: string } | undefined;
+  /** Registers default process metrics (off in tests that start several apps in one process). */
+  defaultMetrics?: boolean;
+}
+
+export const ASSOCIATE_ACTION = "AssociateInstancesKeyPairs";
+export const DESCRIBE_ACTION = "DescribeInstances";
+
+export async function createApp(opts: AppOptions) {
+  const { settings, logger } = opts;
+  const clock = opts.clock ?? systemClock;
+  const metrics = createMetrics({ defaultMetrics: opts.defaultMetrics ?? true });
+  const health = createHealth();
+  const owner = `${hostname()}:${process.pid}`;
+  const closers: (() => Promise<unknown>)[] = [];
+
+  // --- policy --------------------------------------------------------------------------------
+  const policySource = opts.policyText
+    ? createStaticPolicySource(opts.policyText.text, opts.policyText.source)
+    : createPolicySource({
+        path: settings.policyFile ?? "",
+        onReload: (p: Policy) => {
+          metrics.policyReloads.inc({ result: "ok" });
+          metrics.policyLoaded.set(clock.now() / 1000);
+          logger.info({ policy: p.source, digest: p.digest, tenants: p.tenants.size }, "policy loaded");
+        },
+        onError: (errors: string[]) => {
+          metrics.policyReloads.inc({ result: "rejected" });
+          logger.error({ errors }, "policy file rejected; the last good version stays in force");
+        },
+      });
+  const initial = await policySource.start();
+  if (!initial.ok) {
+    throw new StartupError(
+      `policy file ${settings.policyFile ?? ""} is invalid:\n${initial.errors.map((e) => `  - ${e}`).join("\n")}`,
+    );
+  }
+  health.set("policy", true);
+  closers.push(() => policySource.close());
+
+  // --- store ---------------------------------------------------------------------------------
+  let redis: RedisClient | undefined;
+  if (settings.redisUrl) {
+    redis = createRedis(settings.redisUrl, { connectionName: `keygate:${owner}` });
+    const client = redis;
+    health.set("redis", false);
+    client.on("ready", () => {
+      health.set("redis", true);
+      logger.info({ redis: redact(settings.redisUrl ?? "") }, "redis connected");
+    });
+    client.on("error", (err: Error) => {
+      metrics.redisErrors.inc();
+      logger.warn({ err: err.message }, "redis error");
+    });
+    client.on("end", () => health.set("redis", false));
+    client.on("close", () => health.set("redis", false));
+    closers.push(async () => {
+      await client.quit().catch(() => client.disconnect());
+    });
+  } else {
+    logger.warn("KEYGATE_REDIS_URL is not set: in-memory store, safe for ONE replica only");
+  }
+
+  // --- upstream ------------------------------------------------------------------------------
+  const credential = createCredentialProvider(settings.credentials);
+  const upstream = createTencentUpstream({
+    endpoint: settings.endpoint,
+    upstreamUrl: settings.upstreamUrl,
+    credential,
+    reqTimeoutMs: settings.upstreamTimeoutMs,
+  });
+  const identity = await credentialIdentity(credential);
+  const scope = `${identity}:${settings.endpoint}`;
+  const associateBucket: BucketSpec = {
+    key: `${scope}:${ASSOCIATE_ACTION}`,
+    limit: settings.rateLimit,
+    windowMs: 1000,
+  };
+  const describeBucket: BucketSpec = {
+    key: `${scope}:${DESCRIBE_ACTION}`,
+    limit: settings.describeRateLimit,
+    windowMs: 1000,
+  };
+
+  // --- limiter -------------------------------------------------------------------------------
+  const actionOf = (bucketKey: string) =>
+    bucketKey.endsWith(DESCRIBE_ACTION) ? DESCRIBE_ACTION : ASSOCIATE_ACTION;
+  const limiterOptions = {
+    clock,
+    marginMs: settings.rateMarginMs,
+    maxWaitMs: settings.maxWaitMs,
+    maxQueue: settings.maxQueue,
+    hooks: {
+      onGrant: (bucket: string, _tenant: string, waitedMs: number) => {
+        metrics.tokensGranted.inc({ action: actionOf(bucket) });
+        metrics.limiterWait.observe({ action: actionOf(bucket) }, waitedMs / 1000);
+      },
+      onReject: (reason: string, _bucket: string, tenant: string) => {
+        if (reason === "deadline" || reason === "queue_full") metrics.limiterRejected.inc({ tenant });
+      },
+      onStoreError: () => metrics.redisErrors.inc(),
+    },
+  };
+  const limiter: Limiter = redis
+    ? createRedisLimiter({ ...limiterOptions, client: redis })
+    : createMemoryLimiter(limiterOptions);
+  metrics.onCollect(() => {
+    metrics.limiterQueueDepth.set({ action: ASSOCIATE_ACTION }, limiter.queueDepth(associateBucket.key));
+    metrics.limiterQueueDepth.set({ action: DESCRIBE_ACTION }, limiter.queueDepth(describeBucket.key));
+  });
+
+  /** DescribeInstances through its own cluster-wide 40/s bucket (policy lookups and task polling share it). */
+  const describe = async (region: string, ids: string[], call: CallOptions) => {
+    await limiter.acquire({ bucket: describeBucket, tenant: "keygate", weight: 1, ...call });
+    const t0 = clock.now();
+    try {
+      const r = await upstream.describeInstances(region, ids, call);
+      metrics.upstreamCalls.inc({ action: DESCRIBE_ACTION, code: "OK" });
+      return r.instances;
+    } catch (err) {
+      const code =
+        (err as { upstreamCode?: string; reason?: string }).upstreamCode ??
+        (err as { reason?: string }).reason;
+      metrics.upstreamCalls.inc({ action: DESCRIBE_ACTION, code: code ?? "UNKNOWN" });
+      throw err;
+    } finally {
+      metrics.upstreamDuration.observe({ action: DESCRIBE_ACTION }, (clock.now() - t0) / 1000);
+    }
+  };
+
+  // --- leases, coalescing, task watch ---------------------------------------------------------
+  const leases = redis ? createRedisLeases({ client: redis, clock }) : createMemoryLeases({ clock });
+  const operations = redis
+    ? createRedisOperations({ client: redis, clock })
+    : createMemoryOperations({ clock });
+  const tasks = createTaskWatcher({
+    describe,
+    clock,
+    pollMs: settings.taskPollMs,
+    maxWaitMs: settings.taskMaxWaitMs,
+  });
+  const lookup = createInstanceCache({ describe, clock });
+
+  const gate = policyGate(() => policySource.current());
+  const service = createAssociateService({
+    clock,
+    upstream,
+    limiter,
+    leases,
+    operations,
+    policy: gate,
+    lookup,
+    tasks,
+    bucket: associateBucket,
+    scope,
+    owner,
+    taskMaxWaitMs: settings.taskMaxWaitMs,
+    hooks: {
+      audit: createAuditSink(logger, metrics),
+      upstreamCall: (action, code, seconds) => {
+        metrics.upstreamCalls.inc({ action, code });
+        metrics.upstreamDuration.observe({ action }, seconds);
+      },
+      leaseWait: (seconds) => metrics.leaseWait.observe(seconds),
+      dedupJoin: () => metrics.dedupJoins.inc(),
+      backgroundError: (err) => logger.warn({ err: errorText(err) }, "background task watch failed"),
+    },
+  });
+
+  // --- servers -------------------------------------------------------------------------------
+  let draining = false;
+  let inflight = 0;
+  const api = createApiServer({
+    host: settings.host,
+    port: settings.port,
+    tls: settings.tls,
+    health: health.impl,
+    keyPairService: createKeyPairServiceImpl({
+      service,
+      clock,
+      defaultDeadlineMs: settings.defaultDeadlineMs,
+      isDraining: () => draining,
+      onInflight: (d) => {
+        inflight += d;
+        metrics.inflight.set(inflight);
+      },
+    }),
+  });
+  const metricsServer = createMetricsServer(metrics.registry, settings.host, settings.metricsPort);
+
+  let apiAddress: AddressInfo | undefined;
+  let metricsAddress: AddressInfo | undefined;
+  let stopping: Promise<void> | undefined;
+
+  return {
+    settings,
+    health,
+    metrics,
+    policy: policySource,
+    limiter,
+    async start(): Promise<{ api: AddressInfo; metrics: AddressInfo }> {
+      apiAddress = await api.listen();
+      metricsAddress = await metricsServer.listen();
+      logger.info(
+        {
+          api: `${apiAddress.address}:${apiAddress.port}`,
+          metrics: `${metricsAddress.address}:${metricsAddress.port}`,
+        },
+        "keygate listening",
+      );
+      return { api: apiAddress, metrics: metricsAddress };
+    },
+    /**
+     * Graceful drain: NOT_SERVING at once, no new connections, in-flight calls may finish;
+     * callers still queued for a token get a clean UNAVAILABLE before `drainMs` runs out.
+     */
+    stop(drainMs = settings.drainMs): Promise<void> {
+      stopping ??= (async () => {
+        draining = true;
+        health.setDraining();
+        logger.info({ inflight, drainMs }, "draining");
+        const until = clock.now() + drainMs;
+        void api.stopAccepting();
+        // Keep 20% of the budget to answer the queued callers before the grace period ends.
+        const softUntil = clock.now() + drainMs * 0.8;
+        while (inflight > 0 && clock.now() < softUntil) await clock.sleep(25);
+        await limiter.close();
+        while (inflight > 0 && clock.now() < until) await clock.sleep(25);
+        await service.drain(Math.max(0, until - clock.now()));
+        api.destroy();
+        await metricsServer.close();
+        await leases.close();
+        await operations.close();
+        for (const close of closers.reverse()) await close().catch(() => undefined);
+        logger.info({ inflight }, "stopped");
+      })();
+      return stopping;
+    },
+  };
+}
+
+export type App = Awaited<ReturnType<typeof createApp>>;
+
+/** A start-up problem the CLI prints as is (no stack trace). */
+export class StartupError extends Error {
+  override name = "StartupError";
+}
+
+/** Adapts the hot-reloaded policy to the orchestration's port. Each call reads the version in force. */
+function policyGate(current: () => Policy): PolicyGate {
+  const tenantOf = (t: Tenant) => current().tenants.get(t.name);
+  return {
+    authenticate(cred) {
+      const p = current();
+      const t =
+        authenticateBearer(p, cred.bearer) ??
+        (cred.uris || cred.dnsNames
+          ? authenticateIdentity(p, { spiffe: cred.uris ?? [], dns: cred.dnsNames ?? [] })
+          : undefined);
+      return t ? { name: t.name, weight: t.weight } : undefined;
+    },
+    needsLookup(t, input) {
+      const tp = tenantOf(t);
+      return tp ? needsLookup(tp, input) : [];
+    },
+    decide(t, input, found) {
+      const tp = tenantOf(t);
+      if (!tp)
+        return {
+          allowed: false,
+          rule: "tenant",
+          message: "the tenant no longer exists in the policy",
+          offending: [],
+        };
+      return decide(tp, input, found);
+    },
+  };
+}
+
+function errorText(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}

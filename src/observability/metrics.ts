@@ -1,0 +1,103 @@
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom-client";
+
+/**
+ * Every keygate metric, prefix `keygate_`. Labels are bounded: tenant names come from the
+ * policy file, codes from the upstream's finite catalogue; instance ids never appear.
+ */
+export function createMetrics(opts: { defaultMetrics?: boolean } = {}) {
+  const registry = new Registry();
+  if (opts.defaultMetrics !== false) collectDefaultMetrics({ register: registry, prefix: "keygate_" });
+  const r = [registry];
+  const collectHooks: (() => void)[] = [];
+  return {
+    registry,
+    /** Runs before each scrape, to sample gauges owned by other components. */
+    onCollect: (hook: () => void) => collectHooks.push(hook),
+    requests: new Counter({
+      name: "keygate_requests_total",
+      help: "Final answers by tenant, outcome (ok|denied|error) and code",
+      labelNames: ["tenant", "outcome", "code"] as const,
+      registers: r,
+    }),
+    requestDuration: new Histogram({
+      name: "keygate_request_duration_seconds",
+      help: "Time from receiving a request to its final answer",
+      labelNames: ["outcome"] as const,
+      buckets: [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120],
+      registers: r,
+    }),
+    limiterWait: new Histogram({
+      name: "keygate_limiter_wait_seconds",
+      help: "Time a request waited for an upstream token",
+      labelNames: ["action"] as const,
+      buckets: [0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30],
+      registers: r,
+    }),
+    limiterQueueDepth: new Gauge({
+      name: "keygate_limiter_queue_depth",
+      help: "Requests waiting for an upstream token on this replica",
+      labelNames: ["action"] as const,
+      registers: r,
+      collect: () => collectHooks.forEach((h) => h()),
+    }),
+    tokensGranted: new Counter({
+      name: "keygate_limiter_tokens_granted_total",
+      help: "Upstream tokens granted by the cluster-wide limiter",
+      labelNames: ["action"] as const,
+      registers: r,
+    }),
+    limiterRejected: new Counter({
+      name: "keygate_limiter_rejected_total",
+      help: "Requests refused RATE_LIMITED without spending a token",
+      labelNames: ["tenant"] as const,
+      registers: r,
+    }),
+    upstreamCalls: new Counter({
+      name: "keygate_upstream_calls_total",
+      help: "Calls to the cloud by action and result code (OK or the upstream/transport code)",
+      labelNames: ["action", "code"] as const,
+      registers: r,
+    }),
+    upstreamDuration: new Histogram({
+      name: "keygate_upstream_duration_seconds",
+      help: "Latency of calls to the cloud",
+      labelNames: ["action"] as const,
+      buckets: [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10],
+      registers: r,
+    }),
+    dedupJoins: new Counter({
+      name: "keygate_dedup_joins_total",
+      help: "Requests answered by joining an identical call or replaying an idempotency key",
+      registers: r,
+    }),
+    leaseWait: new Histogram({
+      name: "keygate_lease_wait_seconds",
+      help: "Time a request waited for its instances' leases",
+      buckets: [0.001, 0.01, 0.1, 0.5, 1, 2, 5, 10, 30, 60],
+      registers: r,
+    }),
+    policyReloads: new Counter({
+      name: "keygate_policy_reloads_total",
+      help: "Policy file reloads by result (ok|rejected)",
+      labelNames: ["result"] as const,
+      registers: r,
+    }),
+    policyLoaded: new Gauge({
+      name: "keygate_policy_last_reload_success_timestamp_seconds",
+      help: "When the policy in force was loaded",
+      registers: r,
+    }),
+    redisErrors: new Counter({
+      name: "keygate_redis_errors_total",
+      help: "Redis operations that failed (the affected requests got STORE_UNAVAILABLE)",
+      registers: r,
+    }),
+    inflight: new Gauge({
+      name: "keygate_inflight_requests",
+      help: "Requests being handled on this replica",
+      registers: r,
+    }),
+  };
+}
+
+export type Metrics = ReturnType<typeof createMetrics>;

@@ -1,0 +1,47 @@
+import { SpanStatusCode, trace, type Span } from "@opentelemetry/api";
+
+/**
+ * OpenTelemetry tracing, off unless the standard OTEL_* variables ask for it. When off, the
+ * SDK is never even loaded and the API's no-op tracer costs a function call per span.
+ */
+export async function startTracing(
+  env: Record<string, string | undefined>,
+): Promise<(() => Promise<void>) | undefined> {
+  if (env.OTEL_SDK_DISABLED === "true") return undefined;
+  const wanted =
+    env.OTEL_TRACES_EXPORTER === "otlp" ||
+    env.OTEL_EXPORTER_OTLP_ENDPOINT !== undefined ||
+    env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT !== undefined;
+  if (!wanted || env.OTEL_TRACES_EXPORTER === "none") return undefined;
+  const { NodeTracerProvider, BatchSpanProcessor } = await import("@opentelemetry/sdk-trace-node");
+  const { OTLPTraceExporter } = await import("@opentelemetry/exporter-trace-otlp-http");
+  // The exporter and resource read OTEL_EXPORTER_OTLP_* / OTEL_SERVICE_NAME themselves.
+  const provider = new NodeTracerProvider({
+    spanProcessors: [new BatchSpanProcessor(new OTLPTraceExporter())],
+  });
+  provider.register();
+  return () => provider.shutdown();
+}
+
+const tracer = trace.getTracer("keygate");
+
+/** Runs `fn` inside a span named `name`, recording an error status when it throws. */
+export function traced<T>(
+  name: string,
+  attributes: Record<string, string | number | boolean>,
+  fn: (span: Span) => Promise<T>,
+): Promise<T> {
+  return tracer.startActiveSpan(name, { attributes }, async (span) => {
+    try {
+      return await fn(span);
+    } catch (err) {
+      span.setStatus({
+        code: SpanStatusCode.ERROR,
+        message: err instanceof Error ? err.message : String(err),
+      });
+      throw err;
+    } finally {
+      span.end();
+    }
+  });
+}

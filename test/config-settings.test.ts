@@ -1,0 +1,92 @@
+import { describe, expect, it } from "vitest";
+import { loadSettings, SettingsError } from "../src/config/settings.js";
+
+const base = {
+  KEYGATE_POLICY_FILE: "/etc/keygate/policy.yaml",
+  TENCENTCLOUD_SECRET_ID: "AKIDexample",
+  TENCENTCLOUD_SECRET_KEY: "super-secret-key-value",
+};
+
+function problems(env: Record<string, string>, mode: "serve" | "dev" = "serve"): string[] {
+  try {
+    loadSettings(env, mode);
+    return [];
+  } catch (e) {
+    if (e instanceof SettingsError) return e.problems;
+    throw e;
+  }
+}
+
+describe("settings from the environment", () => {
+  it("has the documented defaults", () => {
+    const s = loadSettings(base);
+    expect(s).toMatchObject({
+      host: "0.0.0.0",
+      port: 8080,
+      metricsPort: 9090,
+      endpoint: "cvm.tencentcloudapi.com",
+      rateLimit: 10,
+      logLevel: "info",
+      redisUrl: undefined,
+      upstreamUrl: undefined,
+      onStoreDown: "fail-closed",
+    });
+    expect(Object.isFrozen(s)).toBe(true);
+  });
+
+  it("lists every problem at once and never echoes the secret key", () => {
+    const p = problems({
+      KEYGATE_PORT: "eighty",
+      KEYGATE_METRICS_PORT: "70000",
+      KEYGATE_REDIS_URL: "http://redis:6379",
+      KEYGATE_ENDPOINT: "https://cvm.tencentcloudapi.com",
+      KEYGATE_UPSTREAM_URL: "ftp://x",
+      KEYGATE_RATE_LIMIT: "0",
+      KEYGATE_LOG_LEVEL: "loud",
+      KEYGATE_ON_STORE_DOWN: "maybe",
+      KEYGATE_TLS_CERT: "/c.pem",
+      TENCENTCLOUD_SECRET_KEY: "super-secret-key-value",
+    });
+    expect(p.join("\n")).not.toContain("super-secret-key-value");
+    for (const name of [
+      "KEYGATE_PORT",
+      "KEYGATE_METRICS_PORT",
+      "KEYGATE_POLICY_FILE",
+      "KEYGATE_REDIS_URL",
+      "KEYGATE_ENDPOINT",
+      "KEYGATE_UPSTREAM_URL",
+      "KEYGATE_RATE_LIMIT",
+      "KEYGATE_LOG_LEVEL",
+      "KEYGATE_ON_STORE_DOWN",
+      "KEYGATE_TLS_KEY",
+      "TENCENTCLOUD_SECRET_ID",
+    ]) {
+      expect(
+        p.some((line) => line.includes(name)),
+        name,
+      ).toBe(true);
+    }
+  });
+
+  it("accepts Sentinel and Cluster URLs and the regional endpoint", () => {
+    expect(problems({ ...base, KEYGATE_REDIS_URL: "redis+sentinel://a:26379,b:26379/mymaster" })).toEqual([]);
+    expect(problems({ ...base, KEYGATE_REDIS_URL: "redis+cluster://a:6379,b:6379" })).toEqual([]);
+    expect(problems({ ...base, KEYGATE_REDIS_URL: "rediss://:pw@redis:6380/2" })).toEqual([]);
+    expect(problems({ ...base, KEYGATE_ENDPOINT: "cvm.ap-guangzhou.tencentcloudapi.com" })).toEqual([]);
+    expect(problems({ ...base, KEYGATE_REDIS_URL: "redis+sentinel://a:26379" })).toHaveLength(1);
+  });
+
+  it("oidc credentials need the TKE variables instead of static keys", () => {
+    const p = problems({
+      KEYGATE_POLICY_FILE: "/p.yaml",
+      KEYGATE_CREDENTIALS: "oidc",
+      TKE_REGION: "ap-guangzhou",
+    });
+    expect(p).toHaveLength(3);
+    expect(p.join()).toContain("TKE_ROLE_ARN");
+  });
+
+  it("dev mode needs neither a policy file nor credentials", () => {
+    expect(problems({}, "dev")).toEqual([]);
+  });
+});
