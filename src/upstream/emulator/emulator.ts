@@ -1,0 +1,367 @@
+import { randomUUID } from "node:crypto";
+import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
+import type { AddressInfo } from "node:net";
+import { systemClock, type Clock } from "../../core/clock.js";
+import { associateInstancesKeyPairs, describeInstances, type ActionContext } from "./actions.js";
+import { ApiError } from "./api-error.js";
+import { createFaults, FAULT_CODES, type FaultKind, type Faults, type FaultSettings } from "./faults.js";
+import {
+  createInventory,
+  defaultInventory,
+  loadInventoryFile,
+  type Inventory,
+  type InventorySpec,
+} from "./inventory.js";
+import { parseAuthorization, verifyTc3, type EmulatorSecret } from "./signature.js";
+import { createSlidingWindowLimiter } from "./sliding-window.js";
+import { createStats, type Arrival, type EmulatorStats } from "./stats.js";
+
+/** The dev credential the emulator accepts out of the box (`keygate dev` signs with it). */
+export const EMULATOR_SECRET_ID = "AKIDKEYGATEEMULATOR";
+/** Not a secret: a fixed dev value so the emulator works with no configuration. */
+export const EMULATOR_SECRET_KEY = "keygate-emulator-dev-secret-key-not-secret";
+
+export const EMULATOR_VERSION = "2017-03-12";
+const ADMIN_PREFIX = "/__emulator/";
+const MAX_BODY = 1024 * 1024;
+
+export interface EmulatorOptions {
+  /** 0 (default) = any free port. */
+  port?: number;
+  host?: string;
+  /** SecretId → SecretKey (or key + session token). Default: the one dev pair above. */
+  credentials?: Record<string, string | EmulatorSecret>;
+  /** How long a cloud task keeps an instance OPERATING. Default 1500 ms. */
+  taskMs?: number;
+  /** AssociateInstancesKeyPairs per (SecretId, sliding window). Default 10. */
+  associateLimit?: number;
+  /** DescribeInstances per (SecretId, sliding window). Default 40. */
+  describeLimit?: number;
+  /** Any other action. Default 20. */
+  otherLimit?: number;
+  windowMs?: number;
+  inventory?: InventorySpec;
+  /** JSON or YAML inventory; wins over `inventory`. */
+  inventoryFile?: string;
+  clock?: Clock;
+  /** For deterministic probabilistic faults and jitter. */
+  random?: () => number;
+  /** Accepted difference between X-TC-Timestamp and the emulator clock. Default 5 minutes. */
+  maxSkewMs?: number;
+}
+
+export interface Emulator {
+  /** http://host:port — give it to keygate as KEYGATE_UPSTREAM_URL. */
+  readonly url: string;
+  readonly port: number;
+  readonly inventory: Inventory;
+  readonly stats: EmulatorStats;
+  readonly faults: Faults;
+  /** "Someone in the console": the instances are OPERATING for `ms`, other operations get `code`. */
+  markBusy(
+    instanceIds: string[],
+    ms: number,
+    opts?: {
+      code?: "MutexOperation.TaskRunning" | "OperationDenied.InstanceOperationInProgress";
+      operation?: string;
+    },
+  ): void;
+  /** Inventory, stats, faults and rate windows back to the start. */
+  reset(): void;
+  close(): Promise<void>;
+}
+
+type Outcome =
+  | { kind: "json"; status: number; body: string; code: string }
+  | { kind: "raw"; status: number; body: string; contentType: string; code: string }
+  | { kind: "hang" };
+
+function header(req: IncomingMessage, name: string): string {
+  const v = req.headers[name];
+  return (Array.isArray(v) ? v[0] : v) ?? "";
+}
+
+async function readBody(req: IncomingMessage): Promise<Buffer | undefined> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of req as AsyncIterable<Buffer>) {
+    size += chunk.length;
+    if (size > MAX_BODY) return undefined;
+    chunks.push(chunk);
+  }
+  return Buffer.concat(chunks);
+}
+
+/**
+ * Starts the CVM emulator: a real HTTP server speaking Tencent Cloud API 3.0 for
+ * AssociateInstancesKeyPairs and DescribeInstances, with signatures, limits, tasks and faults.
+ *
+ * Order per request: arrival recorded → signature → rate limit (every authenticated arrival
+ * counts, rejected or not) → injected fault → action. Transport faults therefore happen after the
+ * request was counted, like a cloud that received it and then failed.
+ */
+export async function createEmulator(options: EmulatorOptions = {}): Promise<Emulator> {
+  const clock = options.clock ?? systemClock;
+  const taskMs = options.taskMs ?? 1500;
+  const windowMs = options.windowMs ?? 1000;
+  const maxSkewMs = options.maxSkewMs ?? 5 * 60_000;
+  const secrets = new Map<string, EmulatorSecret>(
+    Object.entries(options.credentials ?? { [EMULATOR_SECRET_ID]: EMULATOR_SECRET_KEY }).map(([id, s]) => [
+      id,
+      typeof s === "string" ? { secretKey: s } : s,
+    ]),
+  );
+  const spec = options.inventoryFile
+    ? loadInventoryFile(options.inventoryFile)
+    : (options.inventory ?? defaultInventory());
+  const inventory = createInventory(spec, clock);
+  const stats = createStats();
+  const faults = createFaults(options.random);
+  const limiters = {
+    AssociateInstancesKeyPairs: createSlidingWindowLimiter({ limit: options.associateLimit ?? 10, windowMs }),
+    DescribeInstances: createSlidingWindowLimiter({ limit: options.describeLimit ?? 40, windowMs }),
+    other: createSlidingWindowLimiter({ limit: options.otherLimit ?? 20, windowMs }),
+  };
+  const actions: Record<string, (ctx: ActionContext, body: Record<string, unknown>) => object> = {
+    AssociateInstancesKeyPairs: associateInstancesKeyPairs,
+    DescribeInstances: describeInstances,
+  };
+
+  const envelope = (requestId: string, payload: object, status = 200, code = "OK"): Outcome => ({
+    kind: "json",
+    status,
+    body: JSON.stringify({ Response: { ...payload, RequestId: requestId } }),
+    code,
+  });
+  const errorEnvelope = (requestId: string, e: ApiError): Outcome =>
+    envelope(requestId, { Error: { Code: e.code, Message: e.message } }, 200, e.code);
+
+  const transportFault = (kind: FaultKind, requestId: string): Outcome | undefined => {
+    switch (kind) {
+      case "http500":
+      case "http503": {
+        const status = kind === "http500" ? 500 : 503;
+        const body = `<html><body><h1>${status}</h1>emulated gateway error</body></html>`;
+        return { kind: "raw", status, body, contentType: "text/html", code: `HTTP${status}` };
+      }
+      case "hang":
+        return { kind: "hang" };
+      case "nonJson":
+        return {
+          kind: "raw",
+          status: 200,
+          body: "<html>not json</html>",
+          contentType: "text/html",
+          code: "NON_JSON",
+        };
+      case "noResponse":
+        return {
+          kind: "raw",
+          status: 200,
+          body: JSON.stringify({ RequestId: requestId, Data: {} }),
+          contentType: "application/json",
+          code: "NO_RESPONSE",
+        };
+      default: {
+        const code = FAULT_CODES[kind];
+        return code ? errorEnvelope(requestId, new ApiError(code, `Injected fault: ${code}.`)) : undefined;
+      }
+    }
+  };
+
+  /** Everything up to the answer happens synchronously at arrival, so the arrival time is exact. */
+  const answer = (req: IncomingMessage, body: Buffer, arrival: Arrival): Outcome => {
+    const { requestId } = arrival;
+    try {
+      if (req.method !== "POST" || (req.url ?? "/") !== "/") {
+        throw new ApiError("InvalidRequest", "Only POST / with a JSON body is emulated.");
+      }
+      if (arrival.action === "") {
+        throw new ApiError("MissingParameter", "The request is missing a required parameter `Action`.");
+      }
+      const verified = verifyTc3({
+        headers: req.headers,
+        body,
+        nowMs: arrival.at,
+        secrets,
+        service: "cvm",
+        maxSkewMs,
+      });
+      const limiter =
+        arrival.action === "AssociateInstancesKeyPairs" || arrival.action === "DescribeInstances"
+          ? limiters[arrival.action]
+          : limiters.other;
+      if (!limiter.admit(`${verified.secretId}\n${arrival.action}`, arrival.at)) {
+        throw new ApiError(
+          "RequestLimitExceeded",
+          "Your current request times exceeds the limit. Please try again later.",
+        );
+      }
+      const fault = faults.pick(arrival.action);
+      if (fault !== undefined && fault !== "lostReply") {
+        const out = transportFault(fault, requestId);
+        if (out) return out;
+      }
+      const version = header(req, "x-tc-version");
+      if (version === "")
+        throw new ApiError("MissingParameter", "The request is missing a required parameter `Version`.");
+      if (version !== EMULATOR_VERSION)
+        throw new ApiError("NoSuchVersion", `The version \`${version}\` does not exist.`);
+      const handler = actions[arrival.action];
+      if (!handler) throw new ApiError("InvalidAction", `The action \`${arrival.action}\` is not emulated.`);
+      let params: unknown;
+      try {
+        params = body.length === 0 ? {} : JSON.parse(body.toString("utf8"));
+      } catch {
+        throw new ApiError("InvalidParameter", "The request body is not valid JSON.");
+      }
+      if (typeof params !== "object" || params === null || Array.isArray(params)) {
+        throw new ApiError("InvalidParameter", "The request body must be a JSON object.");
+      }
+      const result = handler(
+        { inventory, region: arrival.region, requestId, taskMs },
+        params as Record<string, unknown>,
+      );
+      return fault === "lostReply" ? { kind: "hang" } : envelope(requestId, result);
+    } catch (e) {
+      if (e instanceof ApiError) return errorEnvelope(requestId, e);
+      return errorEnvelope(requestId, new ApiError("InternalError", "Emulator internal error."));
+    }
+  };
+
+  const sendJson = (res: ServerResponse, status: number, value: unknown) => {
+    res.writeHead(status, { "content-type": "application/json" });
+    res.end(JSON.stringify(value));
+  };
+
+  const admin = (req: IncomingMessage, res: ServerResponse, path: string, body: Buffer) => {
+    const input = (): Record<string, unknown> => {
+      const v: unknown = body.length === 0 ? {} : JSON.parse(body.toString("utf8"));
+      if (typeof v !== "object" || v === null || Array.isArray(v))
+        throw new Error("body must be a JSON object");
+      return v as Record<string, unknown>;
+    };
+    try {
+      if (req.method === "GET" && path === "stats") {
+        return sendJson(res, 200, {
+          arrivals: stats.arrivals,
+          outcomes: stats.outcomes(),
+          maxInWindow: {
+            AssociateInstancesKeyPairs: stats.maxInWindow({ action: "AssociateInstancesKeyPairs" }, windowMs),
+            DescribeInstances: stats.maxInWindow({ action: "DescribeInstances" }, windowMs),
+          },
+        });
+      }
+      if (req.method === "GET" && path === "faults") return sendJson(res, 200, faults.get());
+      if (req.method === "POST" && path === "faults") {
+        faults.set(input());
+        return sendJson(res, 200, faults.get());
+      }
+      if (req.method === "GET" && path === "instances") return sendJson(res, 200, inventory.all());
+      if (req.method === "POST" && path === "busy") {
+        const b = input();
+        const ids = b.instanceIds;
+        if (!Array.isArray(ids) || !ids.every((x) => typeof x === "string") || typeof b.ms !== "number") {
+          throw new Error('expected {"instanceIds": [..], "ms": N, "code"?: ".."}');
+        }
+        const code =
+          b.code === "OperationDenied.InstanceOperationInProgress" ? b.code : "MutexOperation.TaskRunning";
+        emulator.markBusy(ids, b.ms, { code });
+        return sendJson(res, 200, { ok: true });
+      }
+      if (req.method === "POST" && path === "reset") {
+        emulator.reset();
+        return sendJson(res, 200, { ok: true });
+      }
+      return sendJson(res, 404, { error: `no admin route ${req.method ?? ""} ${ADMIN_PREFIX}${path}` });
+    } catch (e) {
+      return sendJson(res, 400, { error: e instanceof Error ? e.message : String(e) });
+    }
+  };
+
+  const handle = async (req: IncomingMessage, res: ServerResponse) => {
+    const body = await readBody(req);
+    const url = req.url ?? "/";
+    if (url.startsWith(ADMIN_PREFIX)) {
+      admin(req, res, url.slice(ADMIN_PREFIX.length).split("?")[0] ?? "", body ?? Buffer.alloc(0));
+      return;
+    }
+    const requestId = randomUUID();
+    const arrival = stats.record({
+      at: clock.now(),
+      action: header(req, "x-tc-action"),
+      secretId: parseAuthorization(header(req, "authorization"))?.secretId ?? "",
+      region: header(req, "x-tc-region"),
+      host: header(req, "host"),
+      service: parseAuthorization(header(req, "authorization"))?.service ?? "",
+      requestId,
+      outcome: "PENDING",
+    });
+    const out = body
+      ? answer(req, body, arrival)
+      : errorEnvelope(requestId, new ApiError("RequestSizeLimitExceeded", "The request body is too large."));
+    if (out.kind === "hang") {
+      arrival.outcome = "HANG";
+      return; // Never answered; the connection ends when the client gives up or the emulator closes.
+    }
+    arrival.outcome = out.code;
+    const delay = faults.latency();
+    if (delay > 0) await clock.sleep(delay);
+    if (res.destroyed) return;
+    res.writeHead(out.status, {
+      "content-type": out.kind === "raw" ? out.contentType : "application/json",
+      "x-tc-requestid": requestId,
+    });
+    res.end(out.body);
+  };
+
+  const server = createServer((req, res) => {
+    handle(req, res).catch(() => {
+      if (!res.headersSent) res.writeHead(500);
+      res.end();
+    });
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(options.port ?? 0, options.host ?? "127.0.0.1", () => {
+      server.off("error", reject);
+      resolve();
+    });
+  });
+  const address = server.address() as AddressInfo;
+  const hostForUrl = address.family === "IPv6" ? `[${address.address}]` : address.address;
+
+  const emulator: Emulator = {
+    url: `http://${hostForUrl}:${address.port}`,
+    port: address.port,
+    inventory,
+    stats,
+    faults,
+    markBusy(instanceIds, ms, opts = {}) {
+      for (const id of instanceIds) {
+        const current = inventory.all().find((i) => i.instanceId === id);
+        if (!current) throw new Error(`no instance ${id}`);
+        inventory.startTask(id, {
+          operation: opts.operation ?? "StopInstances",
+          requestId: `console-${randomUUID()}`,
+          durationMs: ms,
+          then: { instanceState: current.instanceState },
+          busyCode: opts.code ?? "MutexOperation.TaskRunning",
+        });
+      }
+    },
+    reset() {
+      inventory.reset();
+      stats.reset();
+      faults.reset();
+      for (const l of Object.values(limiters)) l.reset();
+    },
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        // Hung requests and idle keep-alive sockets would keep close() waiting forever.
+        server.closeAllConnections();
+      }),
+  };
+  return emulator;
+}

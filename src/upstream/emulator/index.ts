@@ -1,0 +1,21 @@
+/** The CVM emulator's public surface (the CLI, `keygate dev`, tests and benchmarks use it). */
+export {
+  createEmulator,
+  EMULATOR_SECRET_ID,
+  EMULATOR_SECRET_KEY,
+  EMULATOR_VERSION,
+  type Emulator,
+  type EmulatorOptions,
+} from "./emulator.js";
+export { FAULT_KINDS, type FaultKind, type FaultRule, type FaultSettings, type Faults } from "./faults.js";
+export {
+  defaultInventory,
+  loadInventoryFile,
+  type InstanceSpec,
+  type Inventory,
+  type InventorySpec,
+  type KeyPairSpec,
+  type LiveInstance,
+} from "./inventory.js";
+export { maxInSlidingWindow } from "./sliding-window.js";
+export type { Arrival, EmulatorStats, StatsFilter } from "./stats.js";

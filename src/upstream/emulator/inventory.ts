@@ -1,0 +1,254 @@
+import { readFileSync } from "node:fs";
+import { parse as parseYaml } from "yaml";
+import { z } from "zod";
+import type { Clock } from "../../core/clock.js";
+
+/** One instance as configured (file or defaults). */
+export interface InstanceSpec {
+  instanceId: string;
+  region: string;
+  zone: string;
+  projectId: number;
+  osName: string;
+  /** RUNNING, STOPPED, PENDING, STOPPING, STARTING, REBOOTING, SHUTDOWN, TERMINATING, … */
+  instanceState: string;
+  instanceName?: string | undefined;
+  tags?: Record<string, string> | undefined;
+  keyIds?: string[] | undefined;
+}
+
+/** A key pair; without `region` it exists in every region (real ones are regional). */
+export interface KeyPairSpec {
+  keyId: string;
+  region?: string | undefined;
+}
+
+export interface InventorySpec {
+  instances: InstanceSpec[];
+  keyPairs: KeyPairSpec[];
+}
+
+const instanceSchema = z
+  .object({
+    instanceId: z.string().regex(/^ins-[a-z0-9]{8}$/),
+    region: z.string().min(1),
+    zone: z.string().min(1),
+    projectId: z.number().int().nonnegative(),
+    osName: z.string(),
+    instanceState: z.string().regex(/^[A-Z_]+$/),
+    instanceName: z.string().optional(),
+    tags: z.record(z.string(), z.string()).optional(),
+    keyIds: z.array(z.string().regex(/^skey-[a-z0-9]{8}$/)).optional(),
+  })
+  .strict();
+
+const inventorySchema = z
+  .object({
+    instances: z.array(instanceSchema),
+    keyPairs: z.array(
+      z.object({ keyId: z.string().regex(/^skey-[a-z0-9]{8}$/), region: z.string().optional() }).strict(),
+    ),
+  })
+  .strict();
+
+/** Reads an inventory from a JSON or YAML file (YAML is a superset of JSON); throws listing every problem. */
+export function loadInventoryFile(path: string): InventorySpec {
+  const parsed = inventorySchema.safeParse(parseYaml(readFileSync(path, "utf8")));
+  if (!parsed.success) {
+    const problems = parsed.error.issues.map((i) => `${i.path.join(".") || "(root)"}: ${i.message}`);
+    throw new Error(`invalid emulator inventory ${path}:\n  ${problems.join("\n  ")}`);
+  }
+  return parsed.data;
+}
+
+const linux = "TencentOS Server 3.1 (TK4)";
+const ubuntu = "Ubuntu Server 22.04 LTS 64bit";
+
+/**
+ * A dozen instances across ap-guangzhou and ap-shanghai covering every case keygate meets:
+ * stopped Linux (the happy path), RUNNING (needs ForceStop), Windows, transitional states, two
+ * teams' tags and projects.
+ */
+export function defaultInventory(): InventorySpec {
+  const gz = (n: number, zone = 3) => ({
+    region: "ap-guangzhou",
+    zone: `ap-guangzhou-${zone}`,
+    id: `ins-gz00000${n}`,
+  });
+  const sh = (n: number) => ({ region: "ap-shanghai", zone: "ap-shanghai-2", id: `ins-sh00000${n}` });
+  const inst = (
+    at: { region: string; zone: string; id: string },
+    state: string,
+    projectId: number,
+    tags: Record<string, string>,
+    osName = linux,
+  ): InstanceSpec => ({
+    instanceId: at.id,
+    region: at.region,
+    zone: at.zone,
+    projectId,
+    osName,
+    instanceState: state,
+    instanceName: `${tags.owner ?? "shared"}-${at.id.slice(4)}`,
+    tags,
+    keyIds: [],
+  });
+  return {
+    instances: [
+      inst(gz(1), "STOPPED", 1001, { owner: "team-a", env: "dev" }),
+      inst(gz(2), "STOPPED", 1001, { owner: "team-a", env: "prod" }, ubuntu),
+      inst(gz(3, 4), "STOPPED", 1002, { owner: "team-b", env: "dev" }),
+      inst(gz(4), "RUNNING", 1001, { owner: "team-a", env: "dev" }),
+      inst(gz(5), "STOPPED", 1001, { owner: "team-a", env: "dev" }, "Windows Server 2019 DataCenter 64bit"),
+      inst(gz(6), "PENDING", 1001, { owner: "team-a" }),
+      inst(gz(7), "STOPPING", 1002, { owner: "team-b" }),
+      inst(gz(8), "STOPPED", 0, {}),
+      inst(sh(1), "STOPPED", 1001, { owner: "team-a", env: "dev" }),
+      inst(sh(2), "STOPPED", 1002, { owner: "team-b", env: "prod" }, ubuntu),
+      inst(sh(3), "RUNNING", 1002, { owner: "team-b", env: "prod" }),
+      inst(sh(4), "SHUTDOWN", 1001, { owner: "team-a" }),
+      inst(sh(5), "REBOOTING", 1002, { owner: "team-b" }),
+    ],
+    keyPairs: [
+      { keyId: "skey-aaaaaaaa" },
+      { keyId: "skey-bbbbbbbb" },
+      { keyId: "skey-cccccccc", region: "ap-guangzhou" },
+      { keyId: "skey-dddddddd", region: "ap-shanghai" },
+    ],
+  };
+}
+
+export type OperationState = "OPERATING" | "SUCCESS" | "FAILED";
+
+/** A cloud task in progress on an instance; applied lazily once the clock passes `endsAt`. */
+interface Task {
+  endsAt: number;
+  /** What the instance looks like when the task succeeds. */
+  then: { keyIds?: string[]; instanceState: string };
+  /** The error an overlapping operation gets while this task runs. */
+  busyCode: string;
+}
+
+/** An instance as the cloud currently sees it. */
+export interface LiveInstance {
+  instanceId: string;
+  region: string;
+  zone: string;
+  projectId: number;
+  osName: string;
+  instanceState: string;
+  instanceName: string;
+  tags: Record<string, string>;
+  keyIds: string[];
+  latestOperation: string | null;
+  latestOperationState: OperationState | null;
+  latestOperationRequestId: string | null;
+  latestOperationErrorMsg: string | null;
+}
+
+interface Slot {
+  live: LiveInstance;
+  task?: Task | undefined;
+}
+
+/** The emulated account: instances (with their running tasks) and key pairs. */
+export interface Inventory {
+  /** The instance in `region`, its finished task applied first; undefined when absent. */
+  get(region: string, instanceId: string): LiveInstance | undefined;
+  list(region: string): LiveInstance[];
+  /** Every instance, every region (for admin dumps and tests). */
+  all(): LiveInstance[];
+  hasKeyPair(region: string, keyId: string): boolean;
+  /** The code an operation on the instance gets right now, or undefined when it is idle. */
+  busyCode(instanceId: string): string | undefined;
+  /** Starts a cloud task: OPERATING now, `then` applied after `durationMs`. */
+  startTask(
+    instanceId: string,
+    task: { operation: string; requestId: string; durationMs: number; then: Task["then"]; busyCode?: string },
+  ): void;
+  /** Drops every change and task: back to the spec. */
+  reset(): void;
+}
+
+export function createInventory(spec: InventorySpec, clock: Clock): Inventory {
+  let slots = new Map<string, Slot>();
+  const build = () => {
+    slots = new Map(
+      spec.instances.map((i): [string, Slot] => [
+        i.instanceId,
+        {
+          live: {
+            instanceId: i.instanceId,
+            region: i.region,
+            zone: i.zone,
+            projectId: i.projectId,
+            osName: i.osName,
+            instanceState: i.instanceState,
+            instanceName: i.instanceName ?? i.instanceId,
+            tags: { ...i.tags },
+            keyIds: [...(i.keyIds ?? [])],
+            latestOperation: null,
+            latestOperationState: null,
+            latestOperationRequestId: null,
+            latestOperationErrorMsg: null,
+          },
+        },
+      ]),
+    );
+  };
+  build();
+
+  // Tasks finish lazily on read, so a fake clock drives them without timers.
+  const settle = (slot: Slot): LiveInstance => {
+    const task = slot.task;
+    if (task && clock.now() >= task.endsAt) {
+      if (task.then.keyIds) slot.live.keyIds = [...task.then.keyIds];
+      slot.live.instanceState = task.then.instanceState;
+      slot.live.latestOperationState = "SUCCESS";
+      slot.task = undefined;
+    }
+    return slot.live;
+  };
+  const copy = (l: LiveInstance): LiveInstance => ({ ...l, tags: { ...l.tags }, keyIds: [...l.keyIds] });
+
+  return {
+    get(region, instanceId) {
+      const slot = slots.get(instanceId);
+      if (!slot || slot.live.region !== region) return undefined;
+      return copy(settle(slot));
+    },
+    list(region) {
+      return [...slots.values()]
+        .filter((s) => s.live.region === region)
+        .map((s) => copy(settle(s)))
+        .sort((a, b) => a.instanceId.localeCompare(b.instanceId));
+    },
+    all() {
+      return [...slots.values()].map((s) => copy(settle(s)));
+    },
+    hasKeyPair(region, keyId) {
+      return spec.keyPairs.some((k) => k.keyId === keyId && (k.region === undefined || k.region === region));
+    },
+    busyCode(instanceId) {
+      const slot = slots.get(instanceId);
+      if (!slot) return undefined;
+      settle(slot);
+      return slot.task?.busyCode;
+    },
+    startTask(instanceId, t) {
+      const slot = slots.get(instanceId);
+      if (!slot) throw new Error(`no instance ${instanceId}`);
+      settle(slot);
+      slot.task = {
+        endsAt: clock.now() + t.durationMs,
+        then: t.then,
+        busyCode: t.busyCode ?? "MutexOperation.TaskRunning",
+      };
+      slot.live.latestOperation = t.operation;
+      slot.live.latestOperationState = "OPERATING";
+      slot.live.latestOperationRequestId = t.requestId;
+      slot.live.latestOperationErrorMsg = null;
+    },
+    reset: build,
+  };
+}

@@ -1,0 +1,168 @@
+import { KeygateError, keygateError, Reason } from "../core/errors.js";
+import { classifyUpstreamCode, isMutexCode, isRateLimitCode, isTransientUpstreamCode } from "./codes.js";
+
+/** Why the adapter itself stopped waiting (decided by the adapter, never guessed from a message). */
+export type LocalAbort = "caller-cancelled" | "caller-deadline" | "timeout" | undefined;
+
+export interface MapContext {
+  action: string;
+  /** Set when the adapter aborted the request. */
+  aborted: LocalAbort;
+  /** Strings that must never leave (the secret key, the session token). */
+  secrets: readonly string[];
+}
+
+/** The SDK's error shape (TencentCloudSDKHttpException), read structurally. */
+interface SdkLikeError {
+  message?: unknown;
+  code?: unknown;
+  httpCode?: unknown;
+  requestId?: unknown;
+}
+
+/** Marks credential-provider failures so they are not mistaken for network errors. */
+export const CREDENTIAL_FAILURE_PREFIX = "keygate: cannot obtain cloud credentials: ";
+
+/** Errors known to have been raised before anything was sent (the cloud cannot have seen them). */
+const notSent = new WeakSet<KeygateError>();
+const unsent = (e: KeygateError): KeygateError => {
+  notSent.add(e);
+  return e;
+};
+
+/** Removes secrets from text that is about to become part of an error. */
+export function redact(text: string, secrets: readonly string[]): string {
+  let out = text;
+  for (const s of secrets) if (s.length >= 4) out = out.split(s).join("[redacted]");
+  return out;
+}
+
+/**
+ * Turns anything the SDK throws into a KeygateError. Shapes (see upstream-facts.md): an API error
+ * has `code` + `requestId`; HTTP non-200 has `httpCode`; timeouts, refused connections and aborts
+ * have only a message; a non-JSON reply or one without `Response` is a raw FetchError/TypeError.
+ */
+export function toKeygateError(err: unknown, ctx: MapContext): KeygateError {
+  if (err instanceof KeygateError) return err;
+  const e = (typeof err === "object" && err !== null ? err : {}) as SdkLikeError;
+  const rawMessage = typeof e.message === "string" ? e.message : String(err);
+  const message = redact(rawMessage, ctx.secrets).slice(0, 300);
+  const requestId = typeof e.requestId === "string" && e.requestId !== "" ? e.requestId : undefined;
+  const what = `${ctx.action}`;
+
+  if (ctx.aborted === "caller-cancelled") {
+    return keygateError(
+      Reason.CANCELLED,
+      `${what} was cancelled by the caller; it may have reached the cloud`,
+    );
+  }
+  if (ctx.aborted === "caller-deadline") {
+    return keygateError(
+      Reason.DEADLINE_EXCEEDED,
+      `${what} did not finish before the caller's deadline; it may have reached the cloud`,
+    );
+  }
+  if (ctx.aborted === "timeout") {
+    return keygateError(
+      Reason.UPSTREAM_TIMEOUT,
+      `${what} got no answer in time; it may have reached the cloud`,
+    );
+  }
+  if (typeof e.code === "string" && e.code !== "") {
+    return new KeygateError({
+      kind: classifyUpstreamCode(e.code),
+      reason: e.code,
+      message: `${e.code}: ${message}`,
+      upstreamCode: e.code,
+      upstreamRequestId: requestId,
+    });
+  }
+  if (typeof e.httpCode === "number") {
+    return keygateError(Reason.UPSTREAM_UNAVAILABLE, `${what}: the cloud API answered HTTP ${e.httpCode}`);
+  }
+  if (rawMessage.startsWith(CREDENTIAL_FAILURE_PREFIX)) {
+    return unsent(keygateError(Reason.UPSTREAM_UNAVAILABLE, message));
+  }
+  if (/network timeout|ETIMEDOUT|timed out/i.test(rawMessage)) {
+    return keygateError(
+      Reason.UPSTREAM_TIMEOUT,
+      `${what} got no answer in time; it may have reached the cloud`,
+    );
+  }
+  if (/invalid json|Unexpected token|is not valid JSON|reading 'Error'|Cannot read prop/i.test(rawMessage)) {
+    return keygateError(
+      Reason.UPSTREAM_BAD_RESPONSE,
+      `${what}: the cloud API answered something that is not its protocol`,
+    );
+  }
+  if (/ECONNREFUSED|EHOSTUNREACH|ENETUNREACH|ENOTFOUND|EAI_AGAIN/i.test(rawMessage)) {
+    return unsent(
+      keygateError(Reason.UPSTREAM_UNAVAILABLE, `${what}: the cloud API could not be reached (${message})`),
+    );
+  }
+  if (/ECONNRESET|EPIPE|socket hang up|request to .* failed/i.test(rawMessage)) {
+    return keygateError(
+      Reason.UPSTREAM_UNAVAILABLE,
+      `${what}: the connection to the cloud API broke (${message})`,
+    );
+  }
+  if (
+    err instanceof TypeError ||
+    err instanceof SyntaxError ||
+    (err as { name?: unknown }).name === "FetchError"
+  ) {
+    return keygateError(
+      Reason.UPSTREAM_BAD_RESPONSE,
+      `${what}: the cloud API answered something that is not its protocol`,
+    );
+  }
+  return keygateError(Reason.UPSTREAM_UNAVAILABLE, `${what} failed: ${message}`);
+}
+
+function codeOf(err: unknown): string | undefined {
+  return err instanceof KeygateError ? err.upstreamCode : undefined;
+}
+
+/**
+ * A transient failure worth another attempt: 5xx, InternalError-like codes, timeouts, unreachable.
+ * Careful: a timeout (and a 5xx or bad reply) may have reached the cloud and started a task; retry
+ * an associate only after DescribeInstances shows no task of ours is running, or G3 breaks.
+ * Rate limiting and busy instances are not "retryable" here: they have their own predicates.
+ */
+export function isRetryableUpstream(err: unknown): boolean {
+  if (!(err instanceof KeygateError)) return false;
+  const code = codeOf(err);
+  if (code !== undefined) return isTransientUpstreamCode(code);
+  return (
+    err.reason === Reason.UPSTREAM_UNAVAILABLE ||
+    err.reason === Reason.UPSTREAM_TIMEOUT ||
+    err.reason === Reason.UPSTREAM_BAD_RESPONSE
+  );
+}
+
+/** The request may have been applied although no success was seen (decide before retrying). */
+export function mayHaveReachedUpstream(err: unknown): boolean {
+  if (!(err instanceof KeygateError)) return true;
+  const code = codeOf(err);
+  if (code !== undefined) return isTransientUpstreamCode(code);
+  if (notSent.has(err)) return false;
+  return (
+    err.reason === Reason.UPSTREAM_UNAVAILABLE ||
+    err.reason === Reason.UPSTREAM_TIMEOUT ||
+    err.reason === Reason.UPSTREAM_BAD_RESPONSE ||
+    err.reason === Reason.CANCELLED ||
+    err.reason === Reason.DEADLINE_EXCEEDED
+  );
+}
+
+/** Another operation runs on an instance (MutexOperation.*, OperationDenied.InstanceOperationInProgress). */
+export function isMutexBusy(err: unknown): boolean {
+  const code = codeOf(err);
+  return code !== undefined && isMutexCode(code);
+}
+
+/** The cloud's own rate limit answered (RequestLimitExceeded and its sub-codes). */
+export function isRateLimited(err: unknown): boolean {
+  const code = codeOf(err);
+  return code !== undefined && isRateLimitCode(code);
+}
