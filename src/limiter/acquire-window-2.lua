@@ -1,0 +1,52 @@
+--[[
+  Decides one grant of a cluster-wide sliding-window log, timed by this Redis server's
+  clock (TIME), so replicas with skewed clocks still agree. Mirrors src/limiter/window.ts.
+
+  Input:
+    KEYS[1] window key  - list of the last `limit` grant times in ms, newest first
+    KEYS[2] penalty key - server time in ms until which every grant is refused
+    ARGV[1] limit       - grants allowed in any span
+    ARGV[2] span        - ms: the upstream's window plus the safety margin
+
+  Output:
+    {1, remaining, nowMs} granted; remaining = grants still free in the current span
+    {0, waitMs, nowMs}    refused; nothing recorded, ask again in waitMs
+]]
+local limit = tonumber(ARGV[1])
+local span = tonumber(ARGV[2])
+
+local t = redis.call("TIME")
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+
+local penalty = tonumber(redis.call("GET", KEYS[2]) or "0")
+if now < penalty then
+  return {0, penalty - now, now}
+end
+
+local log = redis.call("LRANGE", KEYS[1], 0, limit - 1)
+-- A server clock that ran backwards (e.g. after a failover) stands still at the newest grant.
+local newest = tonumber(log[1] or "0")
+if newest > now then
+  now = newest
+end
+
+local inWindow = 0
+for i = 1, #log do
+  if tonumber(log[i]) > now - span then
+    inWindow = inWindow + 1
+  end
+end
+
+if inWindow >= limit then
+  local wait = tonumber(log[limit]) + span - now
+  if wait < 1 then
+    wait = 1
+  end
+  return {0, wait, now}
+end
+
+redis.call("LPUSH", KEYS[1], now)
+redis.call("LTRIM", KEYS[1], 0, limit - 1)
+-- After one span every entry is irrelevant; twice that keeps a margin, then idle buckets vanish.
+redis.call("PEXPIRE", KEYS[1], span * 2)
+return {1, limit - inWindow - 1, now}

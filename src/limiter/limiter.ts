@@ -1,0 +1,280 @@
+import { type Clock, systemClock } from "../core/clock.js";
+import { keygateError, type KeygateError } from "../core/errors.js";
+import type { AcquireRequest, BucketSpec, Grant, RateLimiter } from "../core/ports.js";
+import { createFairQueue, type FairEntry, type FairQueue } from "./fair-queue.js";
+import { spanOf } from "./window.js";
+import type { WindowStore } from "./window-store.js";
+
+/** Why a caller got no grant (for metrics). */
+export type RejectReason = "queue_full" | "deadline" | "cancelled" | "store_unavailable" | "closed";
+
+/** Plain callbacks so observability can count without the limiter knowing prom-client. */
+export interface LimiterHooks {
+  onGrant?(bucket: string, tenant: string, waitedMs: number): void;
+  onReject?(reason: RejectReason, bucket: string, tenant: string): void;
+  /** A grant nobody used: it arrived too late to be sent safely, or its waiter had left. */
+  onWastedGrant?(bucket: string, reason: "late" | "no_waiter"): void;
+  onStoreError?(bucket: string, error: unknown): void;
+}
+
+export interface LimiterOptions {
+  store: WindowStore;
+  clock?: Clock;
+  /** Added to the bucket's window; absorbs grant-to-arrival jitter. Default 40 ms (see docs/decisions/limiter.md). */
+  marginMs?: number;
+  /**
+   * A grant is good only if the request is sent within this many ms of the moment the
+   * store was asked (measured before the Redis call). Default 15 ms.
+   */
+  sendWithinMs?: number;
+  /** Longest a caller waits in the queue, whatever its own deadline. Default 10 s. */
+  maxWaitMs?: number;
+  /** Waiters per bucket on this replica; more are refused at once. Default 1000. */
+  maxQueue?: number;
+  /** Random extra sleep after a refusal so replicas do not stampede. Default 2 ms. */
+  jitterMs?: number;
+  random?: () => number;
+  hooks?: LimiterHooks;
+}
+
+/** A grant with the local time by which the upstream request must have been sent. */
+export interface LimiterGrant extends Grant {
+  /** Epoch ms on the limiter's clock. Later than this, do not send: acquire again. */
+  sendBy: number;
+}
+
+export interface Limiter extends RateLimiter {
+  acquire(req: AcquireRequest): Promise<LimiterGrant>;
+  /** Callers waiting on this replica (one bucket, or all). */
+  queueDepth(bucketKey?: string): number;
+}
+
+interface Waiter {
+  tenant: string;
+  enqueuedAt: number;
+  resolve(g: LimiterGrant): void;
+  reject(e: KeygateError): void;
+  /** Cancels the deadline timer and the abort listener. */
+  cleanup(): void;
+}
+
+interface BucketState {
+  spec: BucketSpec;
+  queue: FairQueue<Waiter>;
+  running: boolean;
+  /** Local time before which the store will not grant (from its last refusal). */
+  nextAt: number;
+  /** Grants the store said were still free at its last grant. */
+  free: number;
+  /** Observed ms between grants while backlogged (other replicas take their share too). */
+  interval: number;
+  lastGrantAt: number;
+}
+
+/**
+ * The per-replica side of the limiter: callers wait in a weighted fair queue per bucket and
+ * one dispatcher loop per bucket asks the store for a grant for the head of the queue,
+ * sleeping exactly as long as the store says when refused. A caller whose turn cannot come
+ * before its deadline (or `maxWaitMs`), or who finds the queue full, is refused at once.
+ */
+export function createLimiter(options: LimiterOptions): Limiter {
+  const clock = options.clock ?? systemClock;
+  const store = options.store;
+  const marginMs = options.marginMs ?? 40;
+  const sendWithinMs = options.sendWithinMs ?? 15;
+  const maxWaitMs = options.maxWaitMs ?? 10_000;
+  const maxQueue = options.maxQueue ?? 1000;
+  const jitterMs = options.jitterMs ?? 2;
+  const random = options.random ?? Math.random;
+  const hooks = options.hooks ?? {};
+  const buckets = new Map<string, BucketState>();
+  const closing = new AbortController();
+
+  const safe = (f: () => void) => {
+    try {
+      f();
+    } catch {
+      /* a metrics callback must not break the limiter */
+    }
+  };
+
+  const stateOf = (spec: BucketSpec): BucketState => {
+    let b = buckets.get(spec.key);
+    if (!b) {
+      const span = spanOf(spec.windowMs, marginMs);
+      b = {
+        spec,
+        queue: createFairQueue<Waiter>(),
+        running: false,
+        nextAt: 0,
+        free: spec.limit,
+        interval: span / spec.limit,
+        lastGrantAt: 0,
+      };
+      buckets.set(spec.key, b);
+    }
+    b.spec = spec;
+    return b;
+  };
+
+  /** Estimated ms until the waiter at `position` gets its grant. */
+  const etaFor = (b: BucketState, position: number, now: number): number => {
+    const head = Math.max(0, b.nextAt - now);
+    const behindFree = Math.max(0, position - (head > 0 ? 0 : b.free));
+    return head + behindFree * b.interval;
+  };
+
+  const rateLimited = (b: BucketState, retryAfterMs: number, why: string) =>
+    keygateError("RATE_LIMITED", `upstream rate limit: ${why}`, {
+      retryAfterMs: Math.max(1, Math.ceil(retryAfterMs)),
+    });
+
+  const failAll = (b: BucketState, error: KeygateError, reason: RejectReason) => {
+    for (;;) {
+      const e = b.queue.shift();
+      if (!e) break;
+      e.item.cleanup();
+      safe(() => hooks.onReject?.(reason, b.spec.key, e.item.tenant));
+      e.item.reject(error);
+    }
+  };
+
+  const dispatch = async (b: BucketState): Promise<void> => {
+    b.running = true;
+    try {
+      const span = spanOf(b.spec.windowMs, marginMs);
+      while (b.queue.size > 0 && !closing.signal.aborted) {
+        const asked = clock.now();
+        let d;
+        try {
+          d = await store.tryAcquire(b.spec, span);
+        } catch (err) {
+          safe(() => hooks.onStoreError?.(b.spec.key, err));
+          failAll(
+            b,
+            keygateError("STORE_UNAVAILABLE", "the rate-limit store cannot be reached", { cause: err }),
+            "store_unavailable",
+          );
+          break;
+        }
+        const now = clock.now();
+        if (!d.granted) {
+          // The store's wait counts from its decision, somewhere within the round trip: take the middle.
+          const waitMs = Math.max(0, d.waitMs - (now - asked) / 2);
+          b.free = 0;
+          b.nextAt = now + waitMs;
+          try {
+            await clock.sleep(waitMs + random() * jitterMs, closing.signal);
+          } catch {
+            break;
+          }
+          continue;
+        }
+        b.free = d.remaining;
+        b.nextAt = now;
+        if (now - asked > sendWithinMs) {
+          // The answer came back too late to send on it safely: a wasted grant is safe, a late one is not.
+          safe(() => hooks.onWastedGrant?.(b.spec.key, "late"));
+          continue;
+        }
+        const entry = b.queue.shift();
+        if (!entry) {
+          safe(() => hooks.onWastedGrant?.(b.spec.key, "no_waiter"));
+          break;
+        }
+        if (b.lastGrantAt > 0 && b.queue.size > 0 && d.remaining === 0) {
+          // Learn the share this replica actually gets while backlogged, for honest refusals.
+          b.interval = Math.max(span / b.spec.limit, 0.8 * b.interval + 0.2 * (now - b.lastGrantAt));
+        }
+        b.lastGrantAt = now;
+        const w = entry.item;
+        w.cleanup();
+        const waitedMs = now - w.enqueuedAt;
+        safe(() => hooks.onGrant?.(b.spec.key, w.tenant, waitedMs));
+        w.resolve({ waitedMs, sendBy: asked + sendWithinMs });
+      }
+    } finally {
+      b.running = false;
+      if (b.queue.size === 0 && b.nextAt <= clock.now()) buckets.delete(b.spec.key);
+      else if (b.queue.size > 0 && !closing.signal.aborted) void dispatch(b);
+    }
+  };
+
+  const acquire = (req: AcquireRequest): Promise<LimiterGrant> => {
+    const { bucket, tenant, weight, signal, deadline } = req;
+    const reject = (reason: RejectReason, e: KeygateError) => {
+      safe(() => hooks.onReject?.(reason, bucket.key, tenant));
+      return Promise.reject(e);
+    };
+    if (closing.signal.aborted)
+      return reject("closed", keygateError("SHUTTING_DOWN", "the limiter is closed"));
+    if (signal.aborted) return reject("cancelled", keygateError("CANCELLED", "the caller went away"));
+    const b = stateOf(bucket);
+    const now = clock.now();
+    const until = Math.min(deadline ?? Infinity, now + maxWaitMs);
+    if (b.queue.size >= maxQueue) {
+      return reject("queue_full", rateLimited(b, etaFor(b, b.queue.size, now), "too many callers waiting"));
+    }
+    const eta = etaFor(b, b.queue.positionIfPushed(tenant, weight), now);
+    if (now + eta > until) {
+      return reject("deadline", rateLimited(b, eta, "no token could be had before the deadline"));
+    }
+
+    return new Promise<LimiterGrant>((resolve, rejectP) => {
+      const timer = new AbortController();
+      let entry: FairEntry<Waiter> | undefined;
+      const leave = (reason: RejectReason, e: KeygateError) => {
+        if (!entry || !b.queue.remove(entry)) return;
+        waiter.cleanup();
+        safe(() => hooks.onReject?.(reason, bucket.key, tenant));
+        rejectP(e);
+      };
+      const onAbort = () => leave("cancelled", keygateError("CANCELLED", "the caller went away"));
+      const waiter: Waiter = {
+        tenant,
+        enqueuedAt: now,
+        resolve,
+        reject: rejectP,
+        cleanup: () => {
+          timer.abort();
+          signal.removeEventListener("abort", onAbort);
+        },
+      };
+      entry = b.queue.push(tenant, weight, waiter);
+      signal.addEventListener("abort", onAbort, { once: true });
+      clock.sleep(until - now, timer.signal).then(
+        () => leave("deadline", rateLimited(b, etaFor(b, 0, clock.now()), "no token before the deadline")),
+        () => undefined,
+      );
+      if (!b.running) void dispatch(b);
+    });
+  };
+
+  return {
+    acquire,
+    async penalize(bucket: BucketSpec, ms: number): Promise<void> {
+      try {
+        await store.penalize(bucket, ms);
+      } catch (err) {
+        safe(() => hooks.onStoreError?.(bucket.key, err));
+        throw keygateError("STORE_UNAVAILABLE", "the rate-limit store cannot be reached", { cause: err });
+      }
+      const b = buckets.get(bucket.key);
+      if (b) b.nextAt = Math.max(b.nextAt, clock.now() + ms);
+    },
+    queueDepth(bucketKey?: string): number {
+      if (bucketKey !== undefined) return buckets.get(bucketKey)?.queue.size ?? 0;
+      let n = 0;
+      for (const b of buckets.values()) n += b.queue.size;
+      return n;
+    },
+    close(): Promise<void> {
+      closing.abort();
+      for (const b of buckets.values()) {
+        failAll(b, keygateError("SHUTTING_DOWN", "the limiter is closing"), "closed");
+      }
+      buckets.clear();
+      return Promise.resolve();
+    },
+  };
+}

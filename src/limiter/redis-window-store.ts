@@ -1,0 +1,52 @@
+import type { BucketSpec } from "../core/ports.js";
+import type { RedisClient } from "../store/redis.js";
+import { defineScript } from "../store/scripts.js";
+import type { StoreDecision, WindowStore } from "./window-store.js";
+
+/** The custom commands `defineScript` adds to the client. */
+interface LimiterCommands {
+  keygateAcquireWindow(
+    windowKey: string,
+    penaltyKey: string,
+    limit: number,
+    spanMs: number,
+  ): Promise<unknown>;
+  keygatePenalize(penaltyKey: string, ms: number): Promise<unknown>;
+}
+
+/**
+ * Keys of one bucket. The `{hash tag}` puts a bucket's keys in one Cluster slot, which the
+ * two-key script needs. An empty key would make the tag empty (then ignored), so it is refused.
+ */
+export function bucketKeys(prefix: string, bucketKey: string): { window: string; penalty: string } {
+  if (bucketKey === "") throw new Error("bucket key must not be empty");
+  return { window: `${prefix}:{${bucketKey}}:window`, penalty: `${prefix}:{${bucketKey}}:penalty` };
+}
+
+/**
+ * The cluster-wide store: one atomic Lua script per decision, timed by Redis TIME. The
+ * client is owned by the caller (not closed here); it should be created with
+ * `enableOfflineQueue: false` so an outage fails commands at once.
+ */
+export function createRedisWindowStore(options: { client: RedisClient; keyPrefix?: string }): WindowStore {
+  const { client } = options;
+  const prefix = options.keyPrefix ?? "keygate";
+  defineScript(client, "keygateAcquireWindow", new URL("./acquire-window-2.lua", import.meta.url));
+  defineScript(client, "keygatePenalize", new URL("./penalize-1.lua", import.meta.url));
+  const cmd = client as unknown as LimiterCommands;
+
+  return {
+    async tryAcquire(bucket: BucketSpec, spanMs: number): Promise<StoreDecision> {
+      const k = bucketKeys(prefix, bucket.key);
+      const reply = await cmd.keygateAcquireWindow(k.window, k.penalty, bucket.limit, Math.ceil(spanMs));
+      if (!Array.isArray(reply) || reply.length < 2)
+        throw new Error("unexpected reply from acquire-window script");
+      const [granted, n] = reply as [number, number];
+      return granted === 1 ? { granted: true, remaining: Number(n) } : { granted: false, waitMs: Number(n) };
+    },
+    async penalize(bucket: BucketSpec, ms: number): Promise<void> {
+      const k = bucketKeys(prefix, bucket.key);
+      await cmd.keygatePenalize(k.penalty, Math.max(1, Math.ceil(ms)));
+    },
+  };
+}
