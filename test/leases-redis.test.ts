@@ -1,0 +1,100 @@
+import { randomUUID } from "node:crypto";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { systemClock } from "../src/core/clock.js";
+import { isKeygateError } from "../src/core/errors.js";
+import { createRedisLeases } from "../src/leases/redis-leases.js";
+import { createRedis, type RedisClient } from "../src/store/redis.js";
+import { startRedis, type RedisProcess } from "./support/redis-server.js";
+
+let redis: RedisProcess;
+const clients: RedisClient[] = [];
+
+async function connectedClient(): Promise<RedisClient> {
+  const client = createRedis(redis.url, { connectionName: "keygate-test" });
+  client.on("error", () => undefined); // outages are what some tests provoke
+  clients.push(client);
+  if (client.status !== "ready") await new Promise<void>((resolve) => client.once("ready", () => resolve()));
+  return client;
+}
+
+const call = (ms = 10_000) => ({ signal: new AbortController().signal, deadline: Date.now() + ms });
+
+beforeAll(async () => {
+  redis = await startRedis();
+});
+afterAll(async () => {
+  for (const c of clients) c.disconnect();
+  await redis?.stop();
+});
+
+describe("Redis leases", () => {
+  it("stores one key per instance under the scope's hash tag, with a TTL and our fenced token", async () => {
+    const client = await connectedClient();
+    const leases = createRedisLeases({ client, clock: systemClock, ttlMs: 30_000 });
+    const scope = randomUUID();
+    const h = await leases.acquire(scope, ["ins-0000000b", "ins-0000000a", "ins-0000000a"], {
+      ...call(),
+      owner: "replica-1",
+    });
+    const key = `keygate:{${scope}}:lease:ins-0000000a`;
+    expect(await client.get(key)).toBe(`${h.fence}:replica-1`);
+    const pttl = await client.pttl(key);
+    expect(pttl).toBeGreaterThan(0);
+    expect(pttl).toBeLessThanOrEqual(30_000);
+    expect(await client.get(`keygate:{${scope}}:lease-fence`)).toBe(String(h.fence));
+    await h.release();
+    expect(await client.exists(key, `keygate:{${scope}}:lease:ins-0000000b`)).toBe(0);
+    await leases.close();
+  });
+
+  it("a replica that crashed (connection gone) loses its leases by TTL; another replica takes over", async () => {
+    const crashedClient = await connectedClient();
+    const crashed = createRedisLeases({
+      client: crashedClient,
+      clock: systemClock,
+      ttlMs: 300,
+      renewEveryMs: 100,
+    });
+    const other = createRedisLeases({ client: await connectedClient(), clock: systemClock });
+    const scope = randomUUID();
+    const stale = await crashed.acquire(scope, ["ins-00000001"], { ...call(), owner: "dead" });
+    const lost = new Promise<unknown>((r) =>
+      stale.lost.addEventListener("abort", () => r(stale.lost.reason)),
+    );
+    crashedClient.disconnect();
+    const h = await other.acquire(scope, ["ins-00000001"], { ...call(5_000), owner: "alive" });
+    expect(h.fence).toBeGreaterThan(stale.fence);
+    const reason = await lost;
+    expect(isKeygateError(reason) && reason.reason).toBe("STORE_UNAVAILABLE");
+    await h.release();
+    await Promise.all([crashed.close(), other.close()]);
+  });
+
+  it("Redis down → STORE_UNAVAILABLE at once; works again after Redis is back", async () => {
+    const own = await startRedis();
+    try {
+      const client = createRedis(own.url, { connectionName: "keygate-test" });
+      client.on("error", () => undefined);
+      clients.push(client);
+      await new Promise<void>((resolve) => client.once("ready", () => resolve()));
+      const leases = createRedisLeases({ client, clock: systemClock });
+      await own.kill();
+      await new Promise<void>((resolve) =>
+        client.status === "ready" ? client.once("close", () => resolve()) : resolve(),
+      );
+      const err = await leases
+        .acquire(randomUUID(), ["ins-00000001"], { ...call(), owner: "r" })
+        .catch((e: unknown) => e);
+      expect(isKeygateError(err) && err.reason).toBe("STORE_UNAVAILABLE");
+      await own.restart();
+      await new Promise<void>((resolve) =>
+        client.status === "ready" ? resolve() : client.once("ready", () => resolve()),
+      );
+      const h = await leases.acquire(randomUUID(), ["ins-00000001"], { ...call(), owner: "r" });
+      await h.release();
+      await leases.close();
+    } finally {
+      await own.stop();
+    }
+  });
+});
