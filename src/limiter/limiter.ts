@@ -49,6 +49,8 @@ export interface Limiter extends RateLimiter {
   queueDepth(bucketKey?: string): number;
 }
 
+const MAX_TIMER_MS = 2_147_483_647;
+
 interface Waiter {
   tenant: string;
   enqueuedAt: number;
@@ -222,9 +224,8 @@ export function createLimiter(options: LimiterOptions): Limiter {
 
     return new Promise<LimiterGrant>((resolve, rejectP) => {
       const timer = new AbortController();
-      let entry: FairEntry<Waiter> | undefined;
       const leave = (reason: RejectReason, e: KeygateError) => {
-        if (!entry || !b.queue.remove(entry)) return;
+        if (!b.queue.remove(entry)) return;
         waiter.cleanup();
         safe(() => hooks.onReject?.(reason, bucket.key, tenant));
         rejectP(e);
@@ -240,12 +241,15 @@ export function createLimiter(options: LimiterOptions): Limiter {
           signal.removeEventListener("abort", onAbort);
         },
       };
-      entry = b.queue.push(tenant, weight, waiter);
+      const entry: FairEntry<Waiter> = b.queue.push(tenant, weight, waiter);
       signal.addEventListener("abort", onAbort, { once: true });
-      clock.sleep(until - now, timer.signal).then(
-        () => leave("deadline", rateLimited(b, etaFor(b, 0, clock.now()), "no token before the deadline")),
-        () => undefined,
-      );
+      // Timers cannot hold more than 2^31-1 ms (longer ones fire at once): such a wait is unbounded.
+      if (until - now <= MAX_TIMER_MS) {
+        clock.sleep(until - now, timer.signal).then(
+          () => leave("deadline", rateLimited(b, etaFor(b, 0, clock.now()), "no token before the deadline")),
+          () => undefined,
+        );
+      }
       if (!b.running) void dispatch(b);
     });
   };
