@@ -4,7 +4,7 @@ import type { AddressInfo } from "node:net";
 import { systemClock, type Clock } from "../../core/clock.js";
 import { associateInstancesKeyPairs, describeInstances, type ActionContext } from "./actions.js";
 import { ApiError } from "./api-error.js";
-import { createFaults, FAULT_CODES, type FaultKind, type Faults, type FaultSettings } from "./faults.js";
+import { createFaults, FAULT_CODES, type FaultKind, type Faults } from "./faults.js";
 import {
   createInventory,
   defaultInventory,
