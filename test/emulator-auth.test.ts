@@ -1,7 +1,7 @@
 import { request } from "node:http";
 import tencentcloud from "tencentcloud-sdk-nodejs-cvm";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { isKeygateError, type KeygateError } from "../src/core/errors.js";
+import { isKeygateError } from "../src/core/errors.js";
 import {
   createEmulator,
   EMULATOR_SECRET_ID,
@@ -31,7 +31,7 @@ async function codeOf(p: Promise<unknown>): Promise<string | undefined> {
     return "OK";
   } catch (e) {
     if (!isKeygateError(e)) throw e;
-    return (e as KeygateError).upstreamCode ?? (e as KeygateError).reason;
+    return (e).upstreamCode ?? (e).reason;
   }
 }
 
