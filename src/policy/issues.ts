@@ -4,7 +4,7 @@
  * zod's internal vocabulary ("invalid_union", "record").
  */
 import type * as z from "zod";
-import { show } from "./schema.js";
+import { KNOWN_FIELDS, show } from "./schema.js";
 
 type Issue = z.core.$ZodIssue;
 type Segment = PropertyKey;
@@ -31,6 +31,27 @@ const typeNames: Record<string, string> = {
   array: "a list",
 };
 
+/** Values under these fields may be secrets pasted by mistake; messages describe them without echoing. */
+function isSecret(path: readonly Segment[]): boolean {
+  return path.includes("tokens_sha256");
+}
+
+function showAt(path: readonly Segment[], value: unknown): string {
+  if (!isSecret(path)) return show(value);
+  return typeof value === "string"
+    ? "a string (not shown)"
+    : show(typeof value === "object" ? value : typeof value);
+}
+
+/** Which map an unknown field was found in, by where it is. */
+function knownFieldsAt(path: readonly Segment[]): readonly string[] | undefined {
+  if (path.length === 0) return KNOWN_FIELDS.top;
+  if (path.length === 2 && path[0] === "tenants") return KNOWN_FIELDS.tenant;
+  if (path.length === 3 && path[2] === "instances") return KNOWN_FIELDS.instances;
+  if (path.length === 3 && path[2] === "identities") return KNOWN_FIELDS.identities;
+  return undefined;
+}
+
 /** A union branch that failed only because the value had the other branch's type. */
 function isWrongBranch(issues: readonly Issue[]): boolean {
   return issues.every(
@@ -42,8 +63,11 @@ function isWrongBranch(issues: readonly Issue[]): boolean {
 export function formatIssue(issue: Issue, base: readonly Segment[] = []): string[] {
   const path = [...base, ...issue.path];
   switch (issue.code) {
-    case "unrecognized_keys":
-      return issue.keys.map((k) => `${formatPath([...path, k])}: unknown field`);
+    case "unrecognized_keys": {
+      const known = knownFieldsAt(path);
+      const hint = known ? ` (known fields: ${known.join(", ")})` : "";
+      return issue.keys.map((k) => `${formatPath([...path, k])}: unknown field${hint}`);
+    }
     case "invalid_union": {
       const candidates = issue.errors.filter((branch) => !isWrongBranch(branch));
       const only = candidates.length === 1 ? candidates[0] : undefined;
@@ -55,7 +79,7 @@ export function formatIssue(issue: Issue, base: readonly Segment[] = []): string
     case "invalid_type": {
       if (issue.input === undefined) return [`${formatPath(path)}: is required`];
       const expected = typeNames[issue.expected] ?? issue.expected;
-      return [`${formatPath(path)}: expected ${expected}, got ${show(issue.input)}`];
+      return [`${formatPath(path)}: expected ${expected}, got ${showAt(path, issue.input)}`];
     }
     default:
       return [`${formatPath(path)}: ${issue.message}`];

@@ -35,7 +35,7 @@ export function parsePolicy(text: string, sourceName: string): PolicyLoadResult 
     const where = `line ${at.line}, column ${at.col}`;
     const what =
       e.code === "DUPLICATE_KEY"
-        ? `duplicate key ${JSON.stringify(text.slice(e.pos[0], e.pos[1]).trim())} (each key may appear once)`
+        ? `duplicate key ${JSON.stringify(keyAt(text, e.pos[0]))} (each key may appear once)`
         : `not valid YAML: ${e.message.split("\n")[0] ?? e.message}`;
     yamlErrors.push(`${where}: ${what}`);
   }
@@ -76,6 +76,13 @@ export async function loadPolicyFile(path: string): Promise<PolicyLoadResult> {
     return { ok: false, errors: [`(file): cannot read ${path}: ${code}`], digest: undefined };
   }
   return parsePolicy(text, path);
+}
+
+/** The key written at `offset` (quoted or plain), for duplicate-key messages. */
+function keyAt(text: string, offset: number): string {
+  const m = /^("(?:[^"\\\n]|\\.)*"|'[^'\n]*'|[^:\n]*)/.exec(text.slice(offset));
+  const key = (m?.[1] ?? "").trim();
+  return /^["']/.test(key) ? key.slice(1, -1) : key;
 }
 
 function isRecord(v: unknown): v is Record<string, unknown> {

@@ -43,9 +43,12 @@ const keyId = z.string().regex(KEY_ID_PATTERN, {
   error: (iss) => `${show(iss.input)} is not a valid key pair id (skey- + 8 of [a-z0-9])`,
 });
 
+/** Never echoes the value: an operator who pasted a token instead of its hash must not see it logged. */
 const tokenSha256 = z.string().regex(SHA256_HEX_PATTERN, {
   error: (iss) =>
-    `${show(iss.input)} is not a sha256 hex digest (64 lower-case hex digits; "keygate token" prints one)`,
+    typeof iss.input === "string" && /^[0-9a-fA-F]{64}$/.test(iss.input)
+      ? "is not lower-case: write the sha256 in lower-case hex"
+      : `is not a sha256 hex digest (64 lower-case hex digits; "keygate token" prints one); the value is not shown in case it is a token`,
 });
 
 const region = z.enum(SUPPORTED_REGIONS as [string, ...string[]], {
@@ -88,29 +91,32 @@ const identities = z
     error: "names no identity: give spiffe and/or dns",
   });
 
-export const tenantSchema = z
-  .strictObject({
-    tokens_sha256: list(tokenSha256).optional(),
-    identities: identities.optional(),
-    regions: list(region),
-    instances: z.union([z.literal("*"), instanceSelectors], {
-      error: 'must be "*" or a map with ids, tags and/or projects',
-    }),
-    keys: z.union([z.literal("*"), list(keyId)], { error: 'must be "*" or a list of key pair ids' }),
-    force_stop: z.boolean().default(false),
-    max_instances_per_request: z
-      .number()
-      .int()
-      .min(1, { error: "must be an integer from 1 to 100" })
-      .max(100, { error: "must be an integer from 1 to 100" })
-      .default(100),
-    weight: z.number().positive({ error: "must be a number greater than 0" }).default(1),
-  })
-  .refine((t) => t.tokens_sha256 !== undefined || t.identities !== undefined, {
-    error: "has no way to authenticate: give tokens_sha256 and/or identities",
-  });
+const tenantFields = z.strictObject({
+  tokens_sha256: list(tokenSha256).optional(),
+  identities: identities.optional(),
+  regions: list(region),
+  instances: z.union([z.literal("*"), instanceSelectors], {
+    error: 'must be "*" or a map with ids, tags and/or projects',
+  }),
+  keys: z.union([z.literal("*"), list(keyId)], { error: 'must be "*" or a list of key pair ids' }),
+  force_stop: z.boolean().default(false),
+  max_instances_per_request: z
+    .number()
+    .int()
+    .min(1, { error: "must be an integer from 1 to 100" })
+    .max(100, { error: "must be an integer from 1 to 100" })
+    .default(100),
+  weight: z.number().positive({ error: "must be a number greater than 0" }).default(1),
+});
 
-export const policyFileSchema = z.strictObject({
+export const tenantSchema = tenantFields.refine(
+  (t) => t.tokens_sha256 !== undefined || t.identities !== undefined,
+  {
+    error: "has no way to authenticate: give tokens_sha256 and/or identities",
+  },
+);
+
+const policyFields = z.strictObject({
   tenants: z
     .record(
       z.string().regex(TENANT_NAME_PATTERN, {
@@ -121,6 +127,16 @@ export const policyFileSchema = z.strictObject({
     )
     .refine((t) => Object.keys(t).length > 0, { error: "must define at least one tenant" }),
 });
+
+export const policyFileSchema = policyFields;
+
+/** The fields each kind of map accepts, for "unknown field" messages. */
+export const KNOWN_FIELDS = {
+  top: Object.keys(policyFields.shape),
+  tenant: Object.keys(tenantFields.shape),
+  instances: ["ids", "tags", "projects"],
+  identities: ["spiffe", "dns"],
+} as const;
 
 /** The file after validation, before indexing. */
 export type PolicyFile = z.output<typeof policyFileSchema>;
