@@ -33,7 +33,7 @@ const tick = () => new Promise((r) => setImmediate(r));
 
 function setup(extra: Partial<LimiterOptions> = {}) {
   const clock = new FakeClock();
-  const store = extra.store ?? createMemoryWindowStore({ clock });
+  const store = extra.store ?? createMemoryWindowStore({ clock, coldHoldOff: false });
   const limiter = createLimiter({ clock, store, jitterMs: 0, maxWaitMs: 1e9, ...extra });
   return { clock, limiter };
 }
@@ -112,7 +112,7 @@ describe("limiter scheduler (fake clock, memory store)", () => {
 
   it("fails a waiter whose deadline passes with RATE_LIMITED and removes it", async () => {
     const clock = new FakeClock();
-    const store = createMemoryWindowStore({ clock });
+    const store = createMemoryWindowStore({ clock, coldHoldOff: false });
     const limiter = createLimiter({ clock, store, jitterMs: 0, maxWaitMs: 2000 });
     const otherReplica = createLimiter({ clock, store, jitterMs: 0 });
     for (let i = 0; i < 10; i++)
@@ -163,7 +163,7 @@ describe("limiter scheduler (fake clock, memory store)", () => {
 
   it("a store that cannot be reached fails waiters with STORE_UNAVAILABLE, and recovers by itself", async () => {
     const clock = new FakeClock();
-    const inner = createMemoryWindowStore({ clock });
+    const inner = createMemoryWindowStore({ clock, coldHoldOff: false });
     let down = true;
     const store: WindowStore = {
       tryAcquire: (b, s) => (down ? Promise.reject(new Error("connection refused")) : inner.tryAcquire(b, s)),
@@ -189,7 +189,7 @@ describe("limiter scheduler (fake clock, memory store)", () => {
 
   it("does not hand out a grant whose answer came back later than sendWithinMs", async () => {
     const clock = new FakeClock();
-    const inner = createMemoryWindowStore({ clock });
+    const inner = createMemoryWindowStore({ clock, coldHoldOff: false });
     let slow = true;
     const wasted: string[] = [];
     const store: WindowStore = {

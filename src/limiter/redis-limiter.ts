@@ -7,13 +7,19 @@ export interface RedisLimiterOptions extends Omit<LimiterOptions, "store"> {
   client: RedisClient;
   /** Default "keygate"; tests give each run its own. */
   keyPrefix?: string;
+  /** See `createRedisWindowStore`; default true. */
+  coldHoldOff?: boolean;
 }
 
 /** The cluster-wide limiter: every replica's grants go through one atomic Lua script in Redis. */
 export function createRedisLimiter(options: RedisLimiterOptions): Limiter {
-  const { client, keyPrefix, ...rest } = options;
+  const { client, keyPrefix, coldHoldOff, ...rest } = options;
   return createLimiter({
     ...rest,
-    store: createRedisWindowStore({ client, ...(keyPrefix !== undefined ? { keyPrefix } : {}) }),
+    store: createRedisWindowStore({
+      client,
+      ...(keyPrefix !== undefined ? { keyPrefix } : {}),
+      ...(coldHoldOff !== undefined ? { coldHoldOff } : {}),
+    }),
   });
 }

@@ -10,6 +10,7 @@ interface LimiterCommands {
     penaltyKey: string,
     limit: number,
     spanMs: number,
+    coldMs: number,
   ): Promise<unknown>;
   keygatePenalize(penaltyKey: string, ms: number): Promise<unknown>;
 }
@@ -23,14 +24,29 @@ export function bucketKeys(prefix: string, bucketKey: string): { window: string;
   return { window: `${prefix}:{${bucketKey}}:window`, penalty: `${prefix}:{${bucketKey}}:penalty` };
 }
 
+export interface RedisWindowStoreOptions {
+  client: RedisClient;
+  /** Default "keygate". */
+  keyPrefix?: string;
+  /**
+   * Default true: a bucket with no log in Redis (first use, idle longer than `coldAfterMs`, or
+   * Redis restarted without its data) grants nothing for one span, because grants made just
+   * before a data loss may still be inside the upstream's window.
+   */
+  coldHoldOff?: boolean;
+  /** How long an idle log is kept. Default 1 h. */
+  coldAfterMs?: number;
+}
+
 /**
  * The cluster-wide store: one atomic Lua script per decision, timed by Redis TIME. The
  * client is owned by the caller (not closed here); it should be created with
  * `enableOfflineQueue: false` so an outage fails commands at once.
  */
-export function createRedisWindowStore(options: { client: RedisClient; keyPrefix?: string }): WindowStore {
+export function createRedisWindowStore(options: RedisWindowStoreOptions): WindowStore {
   const { client } = options;
   const prefix = options.keyPrefix ?? "keygate";
+  const coldMs = options.coldHoldOff === false ? 0 : (options.coldAfterMs ?? 3_600_000);
   defineScript(client, "keygateAcquireWindow", new URL("./acquire-window-2.lua", import.meta.url));
   defineScript(client, "keygatePenalize", new URL("./penalize-1.lua", import.meta.url));
   const cmd = client as unknown as LimiterCommands;
@@ -38,7 +54,13 @@ export function createRedisWindowStore(options: { client: RedisClient; keyPrefix
   return {
     async tryAcquire(bucket: BucketSpec, spanMs: number): Promise<StoreDecision> {
       const k = bucketKeys(prefix, bucket.key);
-      const reply = await cmd.keygateAcquireWindow(k.window, k.penalty, bucket.limit, Math.ceil(spanMs));
+      const reply = await cmd.keygateAcquireWindow(
+        k.window,
+        k.penalty,
+        bucket.limit,
+        Math.ceil(spanMs),
+        coldMs,
+      );
       if (!Array.isArray(reply) || reply.length < 2)
         throw new Error("unexpected reply from acquire-window script");
       const [granted, n] = reply as [number, number];
