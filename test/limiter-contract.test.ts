@@ -23,7 +23,7 @@ const freshBucket = (): BucketSpec => ({
  */
 export function describeLimiterContract(
   name: string,
-  make: () => Promise<{ limiter: Limiter; other: Limiter; close(): Promise<void> }>,
+  make: () => Promise<{ limiter: Limiter; other: Limiter; close: () => Promise<void> }>,
 ): void {
   describe(`RateLimiter contract: ${name}`, () => {
     let limiter: Limiter;
