@@ -30,11 +30,19 @@ const unsent = (e: KeygateError): KeygateError => {
   return e;
 };
 
-/** Removes secrets from text that is about to become part of an error. */
+/** Long mixed-case or alphanumeric words: what SecretKeys and session tokens look like. */
+const SECRET_LIKE = /[A-Za-z0-9+/=_-]{16,}/g;
+const looksSecret = (w: string) =>
+  (/[a-z]/.test(w) && /[A-Z]/.test(w)) || (/[0-9]/.test(w) && /[A-Za-z]/.test(w));
+
+/**
+ * Removes secrets from text that is about to become part of an error: the known ones, and any
+ * word shaped like a key or token (a credential provider's message may quote one keygate never saw).
+ */
 export function redact(text: string, secrets: readonly string[]): string {
   let out = text;
   for (const s of secrets) if (s.length >= 4) out = out.split(s).join("[redacted]");
-  return out;
+  return out.replace(SECRET_LIKE, (w) => (looksSecret(w) ? "[redacted]" : w));
 }
 
 /**
