@@ -31,7 +31,7 @@ async function codeOf(p: Promise<unknown>): Promise<string | undefined> {
     return "OK";
   } catch (e) {
     if (!isKeygateError(e)) throw e;
-    return (e).upstreamCode ?? (e).reason;
+    return e.upstreamCode ?? e.reason;
   }
 }
 
