@@ -29,6 +29,8 @@ export interface PolicySourceOptions {
   path: string;
   /** Content poll period. Default 2000 ms. */
   pollMs?: number;
+  /** Also watch the directory for a quicker reaction. Default true; polling alone still works. */
+  watch?: boolean;
   /** Wait after a directory event before reading, so a burst of events costs one read. Default 50 ms. */
   debounceMs?: number;
   /** A new version is in force. */
@@ -70,6 +72,7 @@ export function createPolicySource(options: PolicySourceOptions): ManagedPolicyS
   const { path, onReload, onError, logger } = options;
   const pollMs = options.pollMs ?? 2000;
   const debounceMs = options.debounceMs ?? 50;
+  const useWatch = options.watch ?? true;
 
   let policy: Policy | undefined;
   /** The last refused version (digest or read error), so it is reported once, not every poll. */
@@ -147,7 +150,7 @@ export function createPolicySource(options: PolicySourceOptions): ManagedPolicyS
   }
 
   function startWatching(): void {
-    if (closed || watcher) return;
+    if (closed || watcher || !useWatch) return;
     try {
       watcher = watch(dirname(path), { persistent: false }, () => {
         clearTimeout(debounce);
