@@ -238,4 +238,29 @@ describe.each(backends)("Leases contract ($name)", (backend) => {
     }
     expect(intervals.length).toBeGreaterThan(0);
   });
+
+  it("a large request is not starved by a stream of small overlapping ones (fairness)", async () => {
+    const replicas = await backend.replicas(2, { retryMinMs: 2, retryMaxMs: 20, fairAfterMs: 50 });
+    const scope = randomUUID();
+    const pool = Array.from({ length: 6 }, (_, i) => `ins-1000000${i}`);
+    let bigDone = false;
+    let smallGrants = 0;
+    // Small requests overlap so that some instance of the pool is nearly always held.
+    const small = async (w: number) => {
+      for (let round = 0; !bigDone && round < 10_000; round++) {
+        const ids = [pool[(w + round) % pool.length]!];
+        const h = await replicas[w % 2]!.acquire(scope, ids, { ...call(30_000), owner: `small-${w}` });
+        smallGrants++;
+        await sleep(15);
+        await h.release();
+      }
+    };
+    const smalls = Array.from({ length: 8 }, (_, w) => small(w));
+    await sleep(50);
+    const big = await replicas[0]!.acquire(scope, pool, { ...call(20_000), owner: "big" });
+    bigDone = true;
+    await big.release();
+    await Promise.all(smalls);
+    expect(smallGrants).toBeGreaterThan(0);
+  });
 });

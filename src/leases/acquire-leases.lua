@@ -1,23 +1,68 @@
 --[[
   Takes the leases of ALL given instances, or none (no partial holds, hence no deadlock
-  between overlapping requests). Variadic: called with numkeys = 1 + number of instances.
+  between overlapping requests). Variadic: numkeys = 1 + 2 * number of instances.
+  Fairness: an instance reserved by an older waiter counts as busy; a waiter that asks to
+  reserve takes the reservation of every wanted instance not reserved by someone older.
 
-  KEYS[1]      fencing counter of the scope (keygate:{scope}:lease-fence)
-  KEYS[2..n]   lease keys (keygate:{scope}:lease:<instanceId>), same hash tag as KEYS[1]
-  ARGV[1]      owner (replica name)
-  ARGV[2]      TTL in milliseconds
+  KEYS[1]          fencing counter of the scope (keygate:{scope}:lease-fence)
+  KEYS[2..n+1]     lease keys (keygate:{scope}:lease:<instanceId>)
+  KEYS[n+2..2n+1]  reservation keys (keygate:{scope}:lease-queue:<instanceId>), same order
+                   (all keys share the {scope} hash tag)
+  ARGV[1]          owner (replica name)
+  ARGV[2]          lease TTL in milliseconds
+  ARGV[3]          waiter's start time (ms)
+  ARGV[4]          waiter id (unique per acquire call)
+  ARGV[5]          '1' to reserve when busy, '0' not to
+  ARGV[6]          reservation TTL in milliseconds
 
-  Returns {1, fence} when taken, or {0, i, pttl} where KEYS[i + 1] is held by someone else
-  for another pttl ms.
+  Returns {1, fence} when taken, or {0, i, pttl}: instance i (1-based) is held or reserved by
+  someone else for another pttl ms.
 ]]
-for i = 2, #KEYS do
-  if redis.call('EXISTS', KEYS[i]) == 1 then
-    return {0, i - 1, redis.call('PTTL', KEYS[i])}
+local n = (#KEYS - 1) / 2
+local since = tonumber(ARGV[3])
+local me = ARGV[3] .. ':' .. ARGV[4]
+
+local function older(ticket)
+  local s, id = string.match(ticket, '^(%d+):(.*)$')
+  s = tonumber(s)
+  return s < since or (s == since and id < ARGV[4])
+end
+
+local busy, pttl = 0, -1
+for i = 1, n do
+  if redis.call('EXISTS', KEYS[1 + i]) == 1 then
+    busy, pttl = i, redis.call('PTTL', KEYS[1 + i])
+    break
   end
 end
+if busy == 0 then
+  for i = 1, n do
+    local r = redis.call('GET', KEYS[1 + n + i])
+    if r and r ~= me and older(r) then
+      busy, pttl = i, redis.call('PTTL', KEYS[1 + n + i])
+      break
+    end
+  end
+end
+
+if busy > 0 then
+  if ARGV[5] == '1' then
+    for i = 1, n do
+      local r = redis.call('GET', KEYS[1 + n + i])
+      if (not r) or r == me or not older(r) then
+        redis.call('SET', KEYS[1 + n + i], me, 'PX', ARGV[6])
+      end
+    end
+  end
+  return {0, busy, pttl}
+end
+
 local fence = redis.call('INCR', KEYS[1])
 local token = fence .. ':' .. ARGV[1]
-for i = 2, #KEYS do
-  redis.call('SET', KEYS[i], token, 'PX', ARGV[2])
+for i = 1, n do
+  redis.call('SET', KEYS[1 + i], token, 'PX', ARGV[2])
+  if redis.call('GET', KEYS[1 + n + i]) == me then
+    redis.call('DEL', KEYS[1 + n + i])
+  end
 end
 return {1, fence}

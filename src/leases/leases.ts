@@ -1,3 +1,4 @@
+import { randomUUID } from "node:crypto";
 import type { Clock } from "../core/clock.js";
 import { keygateError } from "../core/errors.js";
 import type { CallOptions, LeaseHandle, Leases } from "../core/ports.js";
@@ -20,6 +21,8 @@ export interface LeasesOptions {
   /** First and largest pause between attempts while an instance is busy. */
   retryMinMs?: number;
   retryMaxMs?: number;
+  /** A waiter starts reserving its instances (fairness) after waiting this long. */
+  fairAfterMs?: number;
   random?: () => number;
 }
 
@@ -35,6 +38,9 @@ export function createLeases(options: LeasesOptions): Leases {
   const retryMinMs = options.retryMinMs ?? 10;
   const retryMaxMs = options.retryMaxMs ?? 250;
   const random = options.random ?? Math.random;
+  const fairAfterMs = options.fairAfterMs ?? 200;
+  // Outlives the longest pause between two attempts, so a live waiter keeps its reservation.
+  const reserveMs = Math.max(4 * retryMaxMs, 1_000);
   const live = new Set<{ stop(): void }>();
   let closed = false;
 
@@ -42,10 +48,15 @@ export function createLeases(options: LeasesOptions): Leases {
     if (closed) throw keygateError("SHUTTING_DOWN", "this replica is shutting down");
     // Sorted and unique: the same set always maps to the same keys in the same order.
     const ids = [...new Set(instanceIds)].sort();
-    const giveUpAt = Math.min(opts.deadline ?? Infinity, clock.now() + maxWaitMs);
+    const since = clock.now();
+    const giveUpAt = Math.min(opts.deadline ?? Infinity, since + maxWaitMs);
+    const waiterId = randomUUID();
     for (let attempt = 0; ; attempt++) {
       throwIfAborted(opts);
-      const r = await guarded("acquire leases", () => store.tryAcquire(scope, ids, opts.owner, ttlMs));
+      const waiter = { since, id: waiterId, reserve: clock.now() - since >= fairAfterMs, reserveMs };
+      const r = await guarded("acquire leases", () =>
+        store.tryAcquire(scope, ids, opts.owner, ttlMs, waiter),
+      );
       if (r.ok) return hold(scope, ids, leaseToken(r.fence, opts.owner), r.fence);
       const left = giveUpAt - clock.now();
       if (left <= 0) {

@@ -1,5 +1,5 @@
 import type { RedisClient } from "../store/redis.js";
-import { fenceKey, leaseKey, type LeaseStore } from "./lease-store.js";
+import { fenceKey, leaseKey, reservationKey, type LeaseStore } from "./lease-store.js";
 import { defineVariadicScript } from "./variadic-script.js";
 
 /** Leases in Redis, shared by every replica; each step is one Lua script (atomic, one slot). */
@@ -23,10 +23,10 @@ export function createRedisLeaseStore(options: { client: RedisClient }): LeaseSt
   const keys = (scope: string, ids: string[]) => ids.map((id) => leaseKey(scope, id));
 
   return {
-    async tryAcquire(scope, instanceIds, owner, ttlMs) {
+    async tryAcquire(scope, instanceIds, owner, ttlMs, w) {
       const reply = (await acquire(
-        [fenceKey(scope), ...keys(scope, instanceIds)],
-        [owner, ttlMs],
+        [fenceKey(scope), ...keys(scope, instanceIds), ...instanceIds.map((id) => reservationKey(scope, id))],
+        [owner, ttlMs, w.since, w.id, w.reserve ? "1" : "0", w.reserveMs],
       )) as number[];
       if (reply[0] === 1) return { ok: true, fence: Number(reply[1]) };
       const busy = instanceIds[Number(reply[1]) - 1] ?? "";
