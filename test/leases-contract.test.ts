@@ -263,4 +263,20 @@ describe.each(backends)("Leases contract ($name)", (backend) => {
     await Promise.all(smalls);
     expect(smallGrants).toBeGreaterThan(0);
   });
+
+  it("a waiter's reservations block younger acquirers only while it waits", async () => {
+    const [a, b] = await backend.replicas(2, { fairAfterMs: 0 });
+    const scope = randomUUID();
+    const held = await a!.acquire(scope, ["ins-00000001"], { ...call(), owner: "r1" });
+    const waiting = b!.acquire(scope, ["ins-00000001", "ins-00000002"], { ...call(300), owner: "r2" });
+    await sleep(100);
+    const err = await a!
+      .acquire(scope, ["ins-00000002"], { ...call(50), owner: "r3" })
+      .catch((e: unknown) => e);
+    expect(isKeygateError(err) && err.reason).toBe("INSTANCE_BUSY");
+    await waiting.catch(() => undefined);
+    // Gave up and withdrew: the free instance is free again at once (a reservation lives 1 s).
+    const h = await a!.acquire(scope, ["ins-00000002"], { ...call(50), owner: "r3" });
+    await Promise.all([h.release(), held.release()]);
+  });
 });

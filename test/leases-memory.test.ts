@@ -103,6 +103,7 @@ describe("Leases timing (in-memory store, fake clock)", () => {
       tryAcquire: (...a) => inner.tryAcquire(...a),
       renew: (...a) => (down ? Promise.reject(new Error("connection refused")) : inner.renew(...a)),
       release: (...a) => inner.release(...a),
+      withdraw: (...a) => inner.withdraw(...a),
     };
     const held = await createLeases({ clock, store: flaky, ttlMs: 900, renewEveryMs: 300 }).acquire(
       "s",
@@ -118,5 +119,40 @@ describe("Leases timing (in-memory store, fake clock)", () => {
     const reason: unknown = held.lost.reason;
     expect(isKeygateError(reason) && reason.reason).toBe("STORE_UNAVAILABLE");
     await held.release();
+  });
+
+  it("a waiter that has waited reserves its instances against younger acquirers, and withdraws when it gives up", async () => {
+    const { clock, make } = setup({ retryMaxMs: 50 });
+    const holder = make();
+    await holder.acquire("s", ["ins-00000001"], { signal: noSignal(), owner: "a" });
+    const big = watch(
+      make({ retryMaxMs: 50 }).acquire("s", ["ins-00000001", "ins-00000002"], {
+        signal: noSignal(),
+        deadline: clock.now() + 1_000,
+        owner: "big",
+      }),
+    );
+    await clock.advance(0);
+    // Before fairAfterMs (200 ms) the free instance is anyone's.
+    const early = await make().acquire("s", ["ins-00000002"], {
+      signal: noSignal(),
+      deadline: clock.now(),
+      owner: "c",
+    });
+    await early.release();
+    await clock.advance(300);
+    const blocked = await make()
+      .acquire("s", ["ins-00000002"], { signal: noSignal(), deadline: clock.now(), owner: "c" })
+      .catch((e: unknown) => e);
+    expect(isKeygateError(blocked) && blocked.reason).toBe("INSTANCE_BUSY");
+    await clock.advance(700);
+    expect(isKeygateError(big.error) && big.error.reason).toBe("INSTANCE_BUSY");
+    // Withdrawn at once, not after the reservation's own TTL.
+    const after = await make().acquire("s", ["ins-00000002"], {
+      signal: noSignal(),
+      deadline: clock.now(),
+      owner: "c",
+    });
+    await after.release();
   });
 });

@@ -16,6 +16,8 @@ export interface LeaseStore {
     ttlMs: number,
     waiter: Waiter,
   ): Promise<TryAcquireResult>;
+  /** Drops the waiter's reservations (it gave up waiting). */
+  withdraw(scope: string, instanceIds: string[], waiter: Waiter): Promise<void>;
   /** Extends every lease to `ttlMs` when ALL still carry `token`; false (nothing extended) otherwise. */
   renew(scope: string, instanceIds: string[], token: string, ttlMs: number): Promise<boolean>;
   /** Deletes the leases that still carry `token`; leaves anyone else's alone. */

@@ -3,7 +3,7 @@ import type { Clock } from "../core/clock.js";
 import { keygateError } from "../core/errors.js";
 import type { CallOptions, LeaseHandle, Leases } from "../core/ports.js";
 import { backoffMs, guarded, pause, throwIfAborted } from "./call-wait.js";
-import { leaseToken, type LeaseStore } from "./lease-store.js";
+import { leaseToken, type LeaseStore, type Waiter } from "./lease-store.js";
 
 export interface LeasesOptions {
   store: LeaseStore;
@@ -51,30 +51,35 @@ export function createLeases(options: LeasesOptions): Leases {
     const since = clock.now();
     const giveUpAt = Math.min(opts.deadline ?? Infinity, since + maxWaitMs);
     const waiterId = randomUUID();
-    for (let attempt = 0; ; attempt++) {
-      throwIfAborted(opts);
-      const waiter = { since, id: waiterId, reserve: clock.now() - since >= fairAfterMs, reserveMs };
-      const r = await guarded("acquire leases", () =>
-        store.tryAcquire(scope, ids, opts.owner, ttlMs, waiter),
-      );
-      if (r.ok) return hold(scope, ids, leaseToken(r.fence, opts.owner), r.fence);
-      const left = giveUpAt - clock.now();
-      if (left <= 0) {
-        throw keygateError(
-          "INSTANCE_BUSY",
-          `instance ${r.busyInstanceId} is in use by another keygate call`,
-          {
-            retryAfterMs: r.heldForMs > 0 ? r.heldForMs : undefined,
-          },
+    let reserved: Waiter | undefined;
+    try {
+      for (let attempt = 0; ; attempt++) {
+        throwIfAborted(opts);
+        const waiter = { since, id: waiterId, reserve: clock.now() - since >= fairAfterMs, reserveMs };
+        if (waiter.reserve) reserved = waiter;
+        const r = await guarded("acquire leases", () =>
+          store.tryAcquire(scope, ids, opts.owner, ttlMs, waiter),
         );
+        if (r.ok) return hold(scope, ids, leaseToken(r.fence, opts.owner), r.fence);
+        const left = giveUpAt - clock.now();
+        if (left <= 0) {
+          throw keygateError(
+            "INSTANCE_BUSY",
+            `instance ${r.busyInstanceId} is in use by another keygate call`,
+            {
+              retryAfterMs: r.heldForMs > 0 ? r.heldForMs : undefined,
+            },
+          );
+        }
+        // Never sleep past the holder's expiry or our own deadline.
+        const heldFor = r.heldForMs > 0 ? r.heldForMs : Infinity;
+        const delay = Math.min(backoffMs(attempt, retryMinMs, retryMaxMs, random), heldFor, left);
+        await pause(clock, delay, opts.signal);
       }
-      // Never sleep past the holder's expiry or our own deadline.
-      const heldFor = r.heldForMs > 0 ? r.heldForMs : Infinity;
-      await pause(
-        clock,
-        Math.min(backoffMs(attempt, retryMinMs, retryMaxMs, random), heldFor, left),
-        opts.signal,
-      );
+    } catch (e) {
+      // Giving up: free our reservations now rather than when they expire (best effort).
+      if (reserved) await store.withdraw(scope, ids, reserved).catch(() => undefined);
+      throw e;
     }
   }
 

@@ -66,6 +66,12 @@ export function createMemoryLeaseStore(options: { clock: Clock }): LeaseStore {
       }
       return Promise.resolve({ ok: true, fence });
     },
+    withdraw(scope, instanceIds, waiter) {
+      const me = ticketOf(waiter);
+      for (const id of instanceIds)
+        if (liveIn(reserved, k(scope, id))?.token === me) reserved.delete(k(scope, id));
+      return Promise.resolve();
+    },
     renew(scope, instanceIds, token, ttlMs) {
       const mine = instanceIds.every((id) => live(k(scope, id))?.token === token);
       if (mine)

@@ -1,5 +1,5 @@
 import type { RedisClient } from "../store/redis.js";
-import { fenceKey, leaseKey, reservationKey, type LeaseStore } from "./lease-store.js";
+import { fenceKey, leaseKey, reservationKey, ticketOf, type LeaseStore } from "./lease-store.js";
 import { defineVariadicScript } from "./variadic-script.js";
 
 /** Leases in Redis, shared by every replica; each step is one Lua script (atomic, one slot). */
@@ -20,6 +20,11 @@ export function createRedisLeaseStore(options: { client: RedisClient }): LeaseSt
     "keygateReleaseLeases",
     new URL("./release-leases.lua", import.meta.url),
   );
+  const withdraw = defineVariadicScript(
+    client,
+    "keygateWithdrawReservations",
+    new URL("./withdraw-reservations.lua", import.meta.url),
+  );
   const keys = (scope: string, ids: string[]) => ids.map((id) => leaseKey(scope, id));
 
   return {
@@ -31,6 +36,13 @@ export function createRedisLeaseStore(options: { client: RedisClient }): LeaseSt
       if (reply[0] === 1) return { ok: true, fence: Number(reply[1]) };
       const busy = instanceIds[Number(reply[1]) - 1] ?? "";
       return { ok: false, busyInstanceId: busy, heldForMs: Number(reply[2]) };
+    },
+    async withdraw(scope, instanceIds, w) {
+      if (instanceIds.length === 0) return;
+      await withdraw(
+        instanceIds.map((id) => reservationKey(scope, id)),
+        [ticketOf(w)],
+      );
     },
     async renew(scope, instanceIds, token, ttlMs) {
       if (instanceIds.length === 0) return true;
