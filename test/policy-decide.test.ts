@@ -190,12 +190,10 @@ const requestArb: fc.Arbitrary<AssociateInput> = fc.record({
 
 /** A request plus what the cloud knows: each id exists (with some tags/project) or not. */
 const scenarioArb = requestArb.chain((req) =>
-  fc
-    .tuple(...req.instanceIds.map((id) => fc.option(infoArb(id), { nil: undefined })))
-    .map((infos) => ({
-      req,
-      lookup: new Map(req.instanceIds.map((id, i) => [id, infos[i]])),
-    })),
+  fc.tuple(...req.instanceIds.map((id) => fc.option(infoArb(id), { nil: undefined }))).map((infos) => ({
+    req,
+    lookup: new Map(req.instanceIds.map((id, i) => [id, infos[i]])),
+  })),
 );
 
 describe("decide: properties", () => {

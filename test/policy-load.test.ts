@@ -14,7 +14,7 @@ const CLASH = "(a credential must identify exactly one tenant)";
 
 /** Each invalid fixture and the complete list of errors it must produce, in order. */
 const invalid: Record<string, string[]> = {
-  "invalid-not-yaml.yaml": [
+  "invalid-not-yaml.txt": [
     "line 3, column 1: not valid YAML: Flow sequence in block collection must be sufficiently indented and end with a ]",
   ],
   "invalid-duplicate-yaml-key.yaml": [
