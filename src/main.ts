@@ -11,7 +11,8 @@ import type { Settings } from "./config/settings.js";
 import { createAssociateService } from "./core/associate-service.js";
 import { type Clock, systemClock } from "./core/clock.js";
 import type { BucketSpec, CallOptions, PolicyGate, Tenant } from "./core/ports.js";
-import { createMemoryOperations, createRedisOperations } from "./dedup/index.js";
+import { createMemoryOperations } from "./dedup/memory-operations.js";
+import { createRedisOperations } from "./dedup/redis-operations.js";
 import { createMemoryLeases } from "./leases/memory-leases.js";
 import { createRedisLeases } from "./leases/redis-leases.js";
 import { createTaskWatcher } from "./leases/task-watcher.js";
@@ -58,12 +59,12 @@ export async function createApp(opts: AppOptions) {
     ? createStaticPolicySource(opts.policyText.text, opts.policyText.source)
     : createPolicySource({
         path: settings.policyFile ?? "",
-        onReload: (p: Policy) => {
+        onReload: (p) => {
           metrics.policyReloads.inc({ result: "ok" });
           metrics.policyLoaded.set(clock.now() / 1000);
           logger.info({ policy: p.source, digest: p.digest, tenants: p.tenants.size }, "policy loaded");
         },
-        onError: (errors: string[]) => {
+        onError: (errors) => {
           metrics.policyReloads.inc({ result: "rejected" });
           logger.error({ errors }, "policy file rejected; the last good version stays in force");
         },
@@ -96,6 +97,14 @@ export async function createApp(opts: AppOptions) {
     closers.push(async () => {
       await client.quit().catch(() => client.disconnect());
     });
+    // Commands fail fast while disconnected (no offline queue), so give the first connection a
+    // moment; if Redis is still down we start anyway, NOT_SERVING, and recover when it returns.
+    await waitReady(client, clock, 5_000).catch(() =>
+      logger.error(
+        { redis: redact(settings.redisUrl ?? "") },
+        "redis is not reachable yet; answering STORE_UNAVAILABLE until it is",
+      ),
+    );
   } else {
     logger.warn("KEYGATE_REDIS_URL is not set: in-memory store, safe for ONE replica only");
   }
@@ -314,6 +323,14 @@ function policyGate(current: () => Policy): PolicyGate {
       return decide(tp, input, found);
     },
   };
+}
+
+async function waitReady(client: RedisClient, clock: Clock, ms: number): Promise<void> {
+  const until = clock.now() + ms;
+  while (client.status !== "ready") {
+    if (clock.now() > until) throw new Error("redis not ready");
+    await clock.sleep(20);
+  }
 }
 
 function errorText(err: unknown): string {

@@ -1,6 +1,7 @@
 import type { ServiceImpl } from "@connectrpc/connect";
 import { Code, ConnectError } from "@connectrpc/connect";
-import { Health, HealthCheckResponse_ServingStatus as Status } from "../gen/health/v1/health_pb.js";
+import type { Health } from "../gen/health/v1/health_pb.js";
+import { HealthCheckResponse_ServingStatus as Status } from "../gen/health/v1/health_pb.js";
 
 /** The service names the Health API answers for. "" is overall readiness. */
 export const HEALTH_SERVICES = ["", "keygate.v1.KeyPairService", "liveness"] as const;

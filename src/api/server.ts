@@ -2,6 +2,7 @@ import { readFileSync } from "node:fs";
 import http from "node:http";
 import http2 from "node:http2";
 import net from "node:net";
+import { Duplex } from "node:stream";
 import type { AddressInfo } from "node:net";
 import { createContextValues } from "@connectrpc/connect";
 import { connectNodeAdapter } from "@connectrpc/connect-node";
@@ -10,6 +11,42 @@ import { Health } from "../gen/health/v1/health_pb.js";
 import { KeyPairService } from "../gen/keygate/v1/keygate_pb.js";
 import { peerIdentities } from "./credentials.js";
 import { peerKey } from "./keypair-service.js";
+
+/** A duplex that yields `prefix` and then whatever `socket` receives; writes go to `socket`. */
+class PrefixedStream extends Duplex {
+  constructor(
+    private readonly socket: net.Socket,
+    prefix: Buffer,
+  ) {
+    super();
+    this.push(prefix);
+    socket.on("data", (chunk: Buffer) => {
+      if (!this.push(chunk)) socket.pause();
+    });
+    socket.once("end", () => this.push(null));
+    socket.once("close", () => this.destroy());
+    socket.once("error", (err) => this.destroy(err));
+  }
+  override _read(): void {
+    this.socket.resume();
+  }
+  override _write(chunk: Buffer, _enc: BufferEncoding, cb: (err?: Error | null) => void): void {
+    this.socket.write(chunk, cb);
+  }
+  override _final(cb: () => void): void {
+    this.socket.end(cb);
+  }
+  override _destroy(err: Error | null, cb: (err?: Error | null) => void): void {
+    this.socket.destroy(err ?? undefined);
+    cb(err);
+  }
+  get remoteAddress(): string | undefined {
+    return this.socket.remoteAddress;
+  }
+  get remotePort(): number | undefined {
+    return this.socket.remotePort;
+  }
+}
 
 const H2_PREFACE = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
 
@@ -54,7 +91,7 @@ export function createApiServer(opts: ApiServerOptions) {
       },
       handler,
     );
-    front = h2 as unknown as net.Server;
+    front = h2;
   } else {
     h1 = http.createServer(handler);
     h2 = http2.createServer({}, handler);
@@ -69,9 +106,15 @@ export function createApiServer(opts: ApiServerOptions) {
         if (isH2 && seen.length < H2_PREFACE.length) return; // need more bytes to be sure
         socket.off("data", onData);
         socket.pause();
-        socket.unshift(seen);
-        (isH2 ? h2s : h1s).emit("connection", socket);
-        socket.resume();
+        if (isH2) {
+          // http2 reads the native handle directly and would miss the bytes we already took,
+          // so it gets a stream that replays them first.
+          h2s.emit("connection", new PrefixedStream(socket, seen));
+        } else {
+          socket.unshift(seen);
+          h1s.emit("connection", socket);
+          socket.resume();
+        }
       };
       socket.on("data", onData);
       socket.on("error", () => socket.destroy());

@@ -57,7 +57,7 @@ export async function run(
       return result.exitCode;
     }
     case "emulator":
-      return runEmulator(rest);
+      return runEmulator(rest, env);
     case "serve":
       return serve(env);
     case "dev":

@@ -1,7 +1,10 @@
 import { createEmulator, EMULATOR_SECRET_ID } from "../upstream/emulator/index.js";
 
 /** `keygate emulator [--port N] [--inventory FILE] [--task-ms N]`: the CVM emulator alone. */
-export async function runEmulator(args: string[]): Promise<number | "running"> {
+export async function runEmulator(
+  args: string[],
+  env: Record<string, string | undefined> = {},
+): Promise<number | "running"> {
   const opts: { port: number; inventoryFile?: string; taskMs?: number } = { port: 9000 };
   for (let i = 0; i < args.length; i += 1) {
     const flag = args[i];
@@ -13,9 +16,16 @@ export async function runEmulator(args: string[]): Promise<number | "running"> {
     else return usage(`unexpected "${flag ?? ""} ${value}"`);
     i += 1;
   }
-  const emulator = await createEmulator({ host: "127.0.0.1", ...opts });
+  // In a cluster (deploy/overlays/dev) the emulator verifies the same Secret the gateway signs with.
+  const id = env.TENCENTCLOUD_SECRET_ID;
+  const key = env.TENCENTCLOUD_SECRET_KEY;
+  const emulator = await createEmulator({
+    host: env.KEYGATE_HOST ?? "127.0.0.1",
+    ...(id && key ? { credentials: { [id]: key } } : {}),
+    ...opts,
+  });
   process.stdout.write(
-    `CVM emulator listening on ${emulator.url} (SecretId ${EMULATOR_SECRET_ID}; admin: GET ${emulator.url}/__emulator/stats)\n`,
+    `CVM emulator listening on ${emulator.url} (SecretId ${id && key ? id : EMULATOR_SECRET_ID}; admin: GET ${emulator.url}/__emulator/stats)\n`,
   );
   const stop = () => {
     void emulator.close().then(() => process.exit(0));

@@ -69,7 +69,8 @@ export function loadSettings(env: Env, mode: "serve" | "dev" = "serve"): Setting
   const host = str("KEYGATE_HOST", "0.0.0.0") ?? "0.0.0.0";
   const port = int("KEYGATE_PORT", 8080, 0, 65535);
   const metricsPort = int("KEYGATE_METRICS_PORT", 9090, 0, 65535);
-  if (port !== 0 && port === metricsPort) problems.push(`KEYGATE_PORT and KEYGATE_METRICS_PORT are both ${port}`);
+  if (port !== 0 && port === metricsPort)
+    problems.push(`KEYGATE_PORT and KEYGATE_METRICS_PORT are both ${port}`);
 
   const policyFile = str("KEYGATE_POLICY_FILE");
   if (mode === "serve" && policyFile === undefined) {
@@ -149,8 +150,10 @@ export function loadSettings(env: Env, mode: "serve" | "dev" = "serve"): Setting
   const cert = str("KEYGATE_TLS_CERT");
   const key = str("KEYGATE_TLS_KEY");
   const clientCa = str("KEYGATE_TLS_CLIENT_CA");
-  if ((cert === undefined) !== (key === undefined)) problems.push("set both KEYGATE_TLS_CERT and KEYGATE_TLS_KEY, or neither");
-  if (clientCa !== undefined && cert === undefined) problems.push("KEYGATE_TLS_CLIENT_CA needs KEYGATE_TLS_CERT and KEYGATE_TLS_KEY");
+  if ((cert === undefined) !== (key === undefined))
+    problems.push("set both KEYGATE_TLS_CERT and KEYGATE_TLS_KEY, or neither");
+  if (clientCa !== undefined && cert === undefined)
+    problems.push("KEYGATE_TLS_CLIENT_CA needs KEYGATE_TLS_CERT and KEYGATE_TLS_KEY");
 
   if (problems.length > 0) throw new SettingsError(problems);
   return Object.freeze({

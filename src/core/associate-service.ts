@@ -1,5 +1,6 @@
 import type { Clock } from "./clock.js";
-import { KeygateError, isKeygateError, keygateError } from "./errors.js";
+import type { KeygateError } from "./errors.js";
+import { isKeygateError, keygateError } from "./errors.js";
 import type { AssociateInput, AssociateRequest, AssociateResult } from "./model.js";
 import type {
   AuditEntry,
@@ -123,6 +124,12 @@ export function createAssociateService(opts: AssociateServiceOptions) {
       if (result.deduplicated) {
         entry.deduplicated = true;
         hooks.dedupJoin?.();
+        // The call we joined may not have waited for the cloud tasks; this caller asked to.
+        if (request.waitForCompletion && result.instances.length === 0) {
+          const instances = await tasks.waitForTasks(input.region, input.instanceIds, result.requestId, call);
+          entry.upstreamRequestId = result.requestId;
+          return { ...result, instances };
+        }
       }
       entry.upstreamRequestId = result.requestId;
       return result;

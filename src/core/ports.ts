@@ -2,7 +2,7 @@
  * The small interfaces the orchestration depends on. Redis, the Tencent SDK and the
  * emulator implement them; only `src/main.ts` constructs the implementations.
  */
-import type { AssociateInput, AssociateResult, InstanceInfo } from "./model.js";
+import type { AssociateInput, AssociateResult, InstanceInfo, InstanceOutcome } from "./model.js";
 
 /** Cancellation and deadline of the caller, passed down to every wait and every upstream call. */
 export interface CallOptions {
@@ -141,7 +141,7 @@ export interface TaskWatcher {
     instanceIds: string[],
     requestId: string,
     opts: CallOptions,
-  ): Promise<import("./model.js").InstanceOutcome[]>;
+  ): Promise<InstanceOutcome[]>;
   /** Resolves when none of the instances is OPERATING. */
   waitUntilIdle(region: string, instanceIds: string[], opts: CallOptions): Promise<void>;
 }
