@@ -214,9 +214,16 @@ export function createAssociateService(opts: AssociateServiceOptions) {
     entry: AuditEntry,
   ): Promise<string> {
     let transient = 0;
+    /** The cloud's answer that made us retry: what the caller hears if time runs out while retrying. */
+    let retrying: KeygateError | undefined;
+    const orLast = (err: unknown): never => {
+      throw retrying && outOfTime(err, call) ? retrying : err;
+    };
     for (;;) {
       // Every attempt, first or retry, spends a token (G1).
-      const grant = await limiter.acquire({ bucket, tenant: tenant.name, weight: tenant.weight, ...call });
+      const grant = await limiter
+        .acquire({ bucket, tenant: tenant.name, weight: tenant.weight, ...call })
+        .catch(orLast);
       entry.limiterWaitMs += grant.waitedMs;
       if (grant.sendBy !== undefined && clock.now() > grant.sendBy) continue;
       entry.attempts += 1;
@@ -236,22 +243,25 @@ export function createAssociateService(opts: AssociateServiceOptions) {
         entry.upstreamRequestId = e.upstreamRequestId;
         if (isRateLimitedUpstream(e)) {
           // Someone outside keygate spent the quota: make every replica hold off, then retry.
+          retrying = undefined;
           await limiter.penalize(bucket, PENALTY_MS);
           continue;
         }
-        if (isMutexBusy(e)) {
+        if (isMutexBusy(e) && hasTimeLeft(call)) {
           // A task started outside keygate (a person in the console): retry once it is idle.
+          retrying = e;
+          await tasks.waitUntilIdle(input.region, input.instanceIds, call).catch(orLast);
           if (!hasTimeLeft(call)) throw e;
-          await tasks.waitUntilIdle(input.region, input.instanceIds, call).catch((w: unknown) => {
-            throw isDeadline(w, call) ? e : w;
-          });
           continue;
         }
         if (isTransientUpstream(e) && transient < MAX_TRANSIENT_RETRIES && hasTimeLeft(call)) {
           transient += 1;
-          await clock.sleep(Math.min(200 * 2 ** transient, remaining(call)), call.signal);
+          retrying = e;
+          await clock.sleep(Math.min(200 * 2 ** transient, remaining(call)), call.signal).catch(orLast);
           // A timed-out call may have reached the cloud and started a task: wait it out before resending.
-          if (mayHaveReachedUpstream(e)) await tasks.waitUntilIdle(input.region, input.instanceIds, call);
+          if (mayHaveReachedUpstream(e)) {
+            await tasks.waitUntilIdle(input.region, input.instanceIds, call).catch(orLast);
+          }
           continue;
         }
         throw e;
@@ -265,8 +275,11 @@ export function createAssociateService(opts: AssociateServiceOptions) {
   function hasTimeLeft(call: CallOptions): boolean {
     return remaining(call) > 0 && !call.signal.aborted;
   }
-  function isDeadline(err: unknown, call: CallOptions): boolean {
-    return (isKeygateError(err) && err.reason === "DEADLINE_EXCEEDED") || remaining(call) <= 0;
+  /** A wait that ended because the deadline is (about to be) reached, not because of a new problem. */
+  function outOfTime(err: unknown, call: CallOptions): boolean {
+    if (remaining(call) <= 0) return true;
+    if (!isKeygateError(err)) return call.signal.aborted;
+    return err.reason === "DEADLINE_EXCEEDED" || err.reason === "RATE_LIMITED";
   }
 
   function asKeygateError(err: unknown, call: CallOptions): KeygateError {
