@@ -48,6 +48,7 @@ async function waitForPing(port: number, timeoutMs = 5_000): Promise<void> {
       maxRetriesPerRequest: 0,
       retryStrategy: () => null,
     });
+    c.on("error", () => undefined); // refused while the server boots: expected, retried below
     try {
       await c.connect();
       await c.ping();
