@@ -1,15 +1,5 @@
 import type { ErrorKind } from "../core/errors.js";
-
-/**
- * Upstream codes for which the cloud itself is at fault or overloaded: worth another attempt
- * (after spending another rate-limit token).
- */
-const TRANSIENT_CODES: ReadonlySet<string> = new Set([
-  "InternalError",
-  "InternalServerError",
-  "ServiceUnavailable",
-  "ResourceUnavailable",
-]);
+import { isTransientUpstreamCode } from "../core/upstream-errors.js";
 
 /** Exact codes whose kind does not follow from their prefix. */
 const EXACT: Readonly<Record<string, ErrorKind>> = {
@@ -62,24 +52,9 @@ const PREFIXES: readonly (readonly [string, ErrorKind])[] = [
 export function classifyUpstreamCode(code: string): ErrorKind {
   const exact = EXACT[code];
   if (exact) return exact;
-  if (TRANSIENT_CODES.has(code) || TRANSIENT_CODES.has(code.split(".")[0] ?? "")) return "unavailable";
+  if (isTransientUpstreamCode(code)) return "unavailable";
   for (const [pattern, kind] of PREFIXES) {
     if (pattern.startsWith(".") ? code.endsWith(pattern) : code.startsWith(pattern)) return kind;
   }
   return "internal";
-}
-
-/** The cloud failed on its side (5xx-like); the request may or may not have been applied. */
-export function isTransientUpstreamCode(code: string): boolean {
-  return TRANSIENT_CODES.has(code) || TRANSIENT_CODES.has(code.split(".")[0] ?? "");
-}
-
-/** Another operation is running on an instance (a person in the console, or another tool). */
-export function isMutexCode(code: string): boolean {
-  return code.startsWith("MutexOperation.") || code === "OperationDenied.InstanceOperationInProgress";
-}
-
-/** The cloud's own rate limit rejected the call (all sub-codes). */
-export function isRateLimitCode(code: string): boolean {
-  return code === "RequestLimitExceeded" || code.startsWith("RequestLimitExceeded.");
 }

@@ -16,12 +16,6 @@ export {
   type CredentialProvider,
   type CredentialSettings,
 } from "./credentials.js";
-export {
-  isMutexBusy,
-  isRateLimited,
-  isRetryableUpstream,
-  mayHaveReachedUpstream,
-} from "./upstream-errors.js";
 
 const CvmClient = tencentcloud.cvm.v20170312.Client;
 type CvmClientType = InstanceType<typeof CvmClient>;

@@ -1,5 +1,5 @@
 import { KeygateError, keygateError, Reason } from "../core/errors.js";
-import { classifyUpstreamCode, isMutexCode, isRateLimitCode, isTransientUpstreamCode } from "./codes.js";
+import { classifyUpstreamCode } from "./codes.js";
 
 /** Why the adapter itself stopped waiting (decided by the adapter, never guessed from a message). */
 export type LocalAbort = "caller-cancelled" | "caller-deadline" | "timeout" | undefined;
@@ -22,13 +22,6 @@ interface SdkLikeError {
 
 /** Marks credential-provider failures so they are not mistaken for network errors. */
 export const CREDENTIAL_FAILURE_PREFIX = "keygate: cannot obtain cloud credentials: ";
-
-/** Errors known to have been raised before anything was sent (the cloud cannot have seen them). */
-const notSent = new WeakSet<KeygateError>();
-const unsent = (e: KeygateError): KeygateError => {
-  notSent.add(e);
-  return e;
-};
 
 /** Long mixed-case or alphanumeric words: what SecretKeys and session tokens look like. */
 const SECRET_LIKE = /[A-Za-z0-9+/=_-]{16,}/g;
@@ -89,7 +82,7 @@ export function toKeygateError(err: unknown, ctx: MapContext): KeygateError {
     return keygateError(Reason.UPSTREAM_UNAVAILABLE, `${what}: the cloud API answered HTTP ${e.httpCode}`);
   }
   if (rawMessage.startsWith(CREDENTIAL_FAILURE_PREFIX)) {
-    return unsent(keygateError(Reason.UPSTREAM_UNAVAILABLE, message));
+    return keygateError(Reason.UPSTREAM_UNAVAILABLE, message);
   }
   if (/network timeout|ETIMEDOUT|timed out/i.test(rawMessage)) {
     return keygateError(
@@ -104,8 +97,9 @@ export function toKeygateError(err: unknown, ctx: MapContext): KeygateError {
     );
   }
   if (/ECONNREFUSED|EHOSTUNREACH|ENETUNREACH|ENOTFOUND|EAI_AGAIN/i.test(rawMessage)) {
-    return unsent(
-      keygateError(Reason.UPSTREAM_UNAVAILABLE, `${what}: the cloud API could not be reached (${message})`),
+    return keygateError(
+      Reason.UPSTREAM_UNAVAILABLE,
+      `${what}: the cloud API could not be reached (${message})`,
     );
   }
   if (/ECONNRESET|EPIPE|socket hang up|request to .* failed/i.test(rawMessage)) {
@@ -125,52 +119,4 @@ export function toKeygateError(err: unknown, ctx: MapContext): KeygateError {
     );
   }
   return keygateError(Reason.UPSTREAM_UNAVAILABLE, `${what} failed: ${message}`);
-}
-
-function codeOf(err: unknown): string | undefined {
-  return err instanceof KeygateError ? err.upstreamCode : undefined;
-}
-
-/**
- * A transient failure worth another attempt: 5xx, InternalError-like codes, timeouts, unreachable.
- * Careful: a timeout (and a 5xx or bad reply) may have reached the cloud and started a task; retry
- * an associate only after DescribeInstances shows no task of ours is running, or G3 breaks.
- * Rate limiting and busy instances are not "retryable" here: they have their own predicates.
- */
-export function isRetryableUpstream(err: unknown): boolean {
-  if (!(err instanceof KeygateError)) return false;
-  const code = codeOf(err);
-  if (code !== undefined) return isTransientUpstreamCode(code);
-  return (
-    err.reason === Reason.UPSTREAM_UNAVAILABLE ||
-    err.reason === Reason.UPSTREAM_TIMEOUT ||
-    err.reason === Reason.UPSTREAM_BAD_RESPONSE
-  );
-}
-
-/** The request may have been applied although no success was seen (decide before retrying). */
-export function mayHaveReachedUpstream(err: unknown): boolean {
-  if (!(err instanceof KeygateError)) return true;
-  const code = codeOf(err);
-  if (code !== undefined) return isTransientUpstreamCode(code);
-  if (notSent.has(err)) return false;
-  return (
-    err.reason === Reason.UPSTREAM_UNAVAILABLE ||
-    err.reason === Reason.UPSTREAM_TIMEOUT ||
-    err.reason === Reason.UPSTREAM_BAD_RESPONSE ||
-    err.reason === Reason.CANCELLED ||
-    err.reason === Reason.DEADLINE_EXCEEDED
-  );
-}
-
-/** Another operation runs on an instance (MutexOperation.*, OperationDenied.InstanceOperationInProgress). */
-export function isMutexBusy(err: unknown): boolean {
-  const code = codeOf(err);
-  return code !== undefined && isMutexCode(code);
-}
-
-/** The cloud's own rate limit answered (RequestLimitExceeded and its sub-codes). */
-export function isRateLimited(err: unknown): boolean {
-  const code = codeOf(err);
-  return code !== undefined && isRateLimitCode(code);
 }
