@@ -28,14 +28,19 @@ export interface TestGateway {
   app: App;
   url: string;
   port: number;
+  /** http://127.0.0.1:PORT/metrics of the app's Prometheus port. */
+  metricsUrl: string;
   logs: LogCapture;
   stop(): Promise<void>;
 }
 
-/** Starts a whole gateway in-process on a free port, wired to `emulator` (the real SDK signs real HTTP). */
+/**
+ * Starts a whole gateway in-process on a free port, wired to `emulator` (the real SDK signs real HTTP).
+ * Without `policyText`, the policy comes from `KEYGATE_POLICY_FILE` in `env` (hot reload included).
+ */
 export async function startGateway(opts: {
   emulator: Emulator;
-  policyText: string;
+  policyText?: string | undefined;
   env?: Record<string, string>;
 }): Promise<TestGateway> {
   const settings = loadSettings(
@@ -56,14 +61,15 @@ export async function startGateway(opts: {
   const app = await createApp({
     settings,
     logger: createLogger(settings.logLevel, logs),
-    policyText: { text: opts.policyText, source: "test" },
+    policyText: opts.policyText === undefined ? undefined : { text: opts.policyText, source: "test" },
     defaultMetrics: false,
   });
-  const { api } = await app.start();
+  const { api, metrics } = await app.start();
   return {
     app,
-    url: `http://127.0.0.1:${api.port}`,
+    url: `${settings.tls ? "https" : "http"}://127.0.0.1:${api.port}`,
     port: api.port,
+    metricsUrl: `http://127.0.0.1:${metrics.port}/metrics`,
     logs,
     stop: () => app.stop(1_000),
   };
