@@ -31,8 +31,11 @@ export interface AssociateHooks {
   upstreamCall?: (action: string, code: string, seconds: number) => void;
   leaseWait?: (seconds: number) => void;
   dedupJoin?: () => void;
-  /** Something went wrong after the answer was sent (background task watch). */
-  backgroundError?: (err: unknown) => void;
+  /**
+   * Something went wrong after the answer was sent (background task watch), with the request id
+   * of the call it belongs to, so the log line joins that call's audit line.
+   */
+  backgroundError?: (err: unknown, requestId: string) => void;
 }
 
 export interface AssociateServiceOptions {
@@ -62,6 +65,7 @@ export interface AssociateCall extends CallOptions {
 }
 
 const PENALTY_MS = 1_000;
+const DENIALS: ReadonlySet<string> = new Set(["unauthenticated", "permission_denied", "invalid_argument"]);
 const MAX_TRANSIENT_RETRIES = 3;
 
 /**
@@ -135,7 +139,9 @@ export function createAssociateService(opts: AssociateServiceOptions) {
       return result;
     } catch (err) {
       const e = asKeygateError(err, call);
-      if (entry.decision === "allowed") entry.decision = "failed";
+      // Refused by keygate's own checks = denied; anything else (a lookup or store failure before
+      // the policy could decide, or a failure after it allowed) = failed.
+      entry.decision = entry.decision !== "allowed" && DENIALS.has(e.kind) ? "denied" : "failed";
       entry.reason = e.reason;
       entry.upstreamCode ??= e.upstreamCode;
       entry.upstreamRequestId ??= e.upstreamRequestId;
@@ -181,12 +187,12 @@ export function createAssociateService(opts: AssociateServiceOptions) {
       }
       // The cloud task outlives the call: keep the instances leased until it ends (G3).
       handedOff = true;
-      const watch = holdUntilTaskEnds(input, requestId, lease);
+      const watch = holdUntilTaskEnds(input, requestId, lease, call.requestId);
       background.add(watch);
       void watch.finally(() => background.delete(watch));
       return { requestId, deduplicated: false, instances: [] };
     } finally {
-      if (!handedOff) await lease.release().catch((e: unknown) => hooks.backgroundError?.(e));
+      if (!handedOff) await lease.release().catch((e: unknown) => hooks.backgroundError?.(e, call.requestId));
     }
   }
 
@@ -194,6 +200,7 @@ export function createAssociateService(opts: AssociateServiceOptions) {
     input: AssociateInput,
     requestId: string,
     lease: { lost: AbortSignal; release(): Promise<void> },
+    callRequestId: string,
   ): Promise<void> {
     try {
       await tasks.waitForTasks(input.region, input.instanceIds, requestId, {
@@ -201,9 +208,9 @@ export function createAssociateService(opts: AssociateServiceOptions) {
         deadline: clock.now() + opts.taskMaxWaitMs,
       });
     } catch (err) {
-      if (!backgroundAbort.signal.aborted) hooks.backgroundError?.(err);
+      if (!backgroundAbort.signal.aborted) hooks.backgroundError?.(err, callRequestId);
     } finally {
-      await lease.release().catch((e: unknown) => hooks.backgroundError?.(e));
+      await lease.release().catch((e: unknown) => hooks.backgroundError?.(e, callRequestId));
     }
   }
 
