@@ -14,6 +14,8 @@ export const HEALTH_SERVICES = ["", "keygate.v1.KeyPairService", "liveness"] as 
 export function createHealth() {
   const components = new Map<string, boolean>();
   let draining = false;
+  /** Set at the very end of a drain: Watch streams send their last status and end cleanly. */
+  let closed = false;
   const listeners = new Set<() => void>();
   const notify = () => listeners.forEach((l) => l());
 
@@ -42,6 +44,7 @@ export function createHealth() {
             last = s;
             yield { status: s };
           }
+          if (closed) return;
           await new Promise<void>((resolve) => {
             wake = resolve;
             ctx.signal.addEventListener("abort", () => resolve(), { once: true });
@@ -70,6 +73,11 @@ export function createHealth() {
     },
     setDraining() {
       draining = true;
+      notify();
+    },
+    /** Ends every Watch stream after its latest status, so a closing server cuts none mid-message. */
+    close() {
+      closed = true;
       notify();
     },
     isServing: () => status("") === Status.SERVING,

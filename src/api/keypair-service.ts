@@ -8,6 +8,7 @@ import { keygateError } from "../core/errors.js";
 import type { CallerCredential } from "../core/ports.js";
 import { AssociateKeyPairsResponseSchema, type KeyPairService } from "../gen/keygate/v1/keygate_pb.js";
 import { bearerFrom } from "./credentials.js";
+import { traced } from "../observability/tracing.js";
 import { toConnectError } from "./error-mapping.js";
 
 /** mTLS identities of the connection, put into the context by the Node adapter. */
@@ -31,23 +32,39 @@ export function createKeyPairServiceImpl(opts: KeyPairServiceOptions): ServiceIm
         if (opts.isDraining())
           throw keygateError("SHUTTING_DOWN", "this keygate replica is shutting down; retry");
         const timeout = ctx.timeoutMs();
-        const result = await opts.service.associate({
-          requestId: requestIdOf(ctx),
-          credential: {
-            bearer: bearerFrom(ctx.requestHeader.get("authorization")),
-            ...ctx.values.get(peerKey),
+        const requestId = requestIdOf(ctx);
+        // The tenant is not known yet (authentication happens inside): the span carries what the
+        // request itself says. No-op unless OTEL_* variables turned tracing on.
+        const result = await traced(
+          "keygate.v1.KeyPairService/AssociateKeyPairs",
+          {
+            "rpc.system": "connect_rpc",
+            "rpc.service": "keygate.v1.KeyPairService",
+            "rpc.method": "AssociateKeyPairs",
+            "cloud.region": req.region.slice(0, 64),
+            "keygate.request_id": requestId,
+            "keygate.instance_count": req.instanceIds.length,
           },
-          request: {
-            region: req.region,
-            instanceIds: req.instanceIds,
-            keyIds: req.keyIds,
-            forceStop: req.forceStop,
-            idempotencyKey: req.idempotencyKey,
-            waitForCompletion: req.waitForCompletion,
-          },
-          signal: ctx.signal,
-          deadline: opts.clock.now() + Math.min(timeout ?? opts.defaultDeadlineMs, opts.defaultDeadlineMs),
-        });
+          () =>
+            opts.service.associate({
+              requestId,
+              credential: {
+                bearer: bearerFrom(ctx.requestHeader.get("authorization")),
+                ...ctx.values.get(peerKey),
+              },
+              request: {
+                region: req.region,
+                instanceIds: req.instanceIds,
+                keyIds: req.keyIds,
+                forceStop: req.forceStop,
+                idempotencyKey: req.idempotencyKey,
+                waitForCompletion: req.waitForCompletion,
+              },
+              signal: ctx.signal,
+              deadline:
+                opts.clock.now() + Math.min(timeout ?? opts.defaultDeadlineMs, opts.defaultDeadlineMs),
+            }),
+        );
         return create(AssociateKeyPairsResponseSchema, result);
       } catch (err) {
         throw toConnectError(err);

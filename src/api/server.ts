@@ -148,6 +148,11 @@ export function createApiServer(opts: ApiServerOptions) {
       h1?.closeIdleConnections();
       return closed;
     },
+    /** Waits (at most `ms`) for the connections to close by themselves after `stopAccepting`. */
+    async settle(ms: number): Promise<void> {
+      const until = Date.now() + ms;
+      while (sockets.size > 0 && Date.now() < until) await new Promise((r) => setTimeout(r, 10));
+    },
     /** Cuts whatever is still open. */
     destroy(): void {
       for (const s of sessions) s.destroy();

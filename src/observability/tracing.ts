@@ -15,8 +15,17 @@ export async function startTracing(
   if (!wanted || env.OTEL_TRACES_EXPORTER === "none") return undefined;
   const { NodeTracerProvider, BatchSpanProcessor } = await import("@opentelemetry/sdk-trace-node");
   const { OTLPTraceExporter } = await import("@opentelemetry/exporter-trace-otlp-http");
-  // The exporter and resource read OTEL_EXPORTER_OTLP_* / OTEL_SERVICE_NAME themselves.
+  // @opentelemetry/resources comes with sdk-trace-node (same pinned version). The tracer
+  // provider alone does not read OTEL_SERVICE_NAME / OTEL_RESOURCE_ATTRIBUTES (only sdk-node
+  // does), so without this every span would come from "unknown_service:node".
+  const { defaultResource, detectResources, envDetector, resourceFromAttributes } =
+    await import("@opentelemetry/resources");
+  const resource = defaultResource()
+    .merge(resourceFromAttributes({ "service.name": "keygate" }))
+    .merge(detectResources({ detectors: [envDetector] }));
+  // The exporter reads OTEL_EXPORTER_OTLP_* itself.
   const provider = new NodeTracerProvider({
+    resource,
     spanProcessors: [new BatchSpanProcessor(new OTLPTraceExporter())],
   });
   provider.register();
