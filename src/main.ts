@@ -211,7 +211,8 @@ export async function createApp(opts: AppOptions) {
       },
       leaseWait: (seconds) => metrics.leaseWait.observe(seconds),
       dedupJoin: () => metrics.dedupJoins.inc(),
-      backgroundError: (err) => logger.warn({ err: errorText(err) }, "background task watch failed"),
+      backgroundError: (err, requestId) =>
+        logger.warn({ requestId, err: errorText(err) }, "background task watch failed"),
     },
   });
 
@@ -275,6 +276,10 @@ export async function createApp(opts: AppOptions) {
         await limiter.close();
         while (inflight > 0 && clock.now() < until) await clock.sleep(25);
         await service.drain(Math.max(0, until - clock.now()));
+        // Health Watch streams end after reporting NOT_SERVING; give their last bytes a moment to
+        // leave before cutting the connections that are still open.
+        health.close();
+        await api.settle(500);
         api.destroy();
         await metricsServer.close();
         await leases.close();
