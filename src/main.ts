@@ -16,6 +16,7 @@ import { createRedisOperations } from "./dedup/redis-operations.js";
 import { createMemoryLeases } from "./leases/memory-leases.js";
 import { createRedisLeases } from "./leases/redis-leases.js";
 import { createTaskWatcher } from "./leases/task-watcher.js";
+import { createFallbackLimiter } from "./limiter/degraded-limiter.js";
 import { createMemoryLimiter, createRedisLimiter, type Limiter } from "./limiter/index.js";
 import { createAuditSink } from "./observability/audit.js";
 import type { Logger } from "./observability/logger.js";
@@ -149,9 +150,21 @@ export async function createApp(opts: AppOptions) {
       onStoreError: () => metrics.redisErrors.inc(),
     },
   };
-  const limiter: Limiter = redis
-    ? createRedisLimiter({ ...limiterOptions, client: redis })
-    : createMemoryLimiter(limiterOptions);
+  const redisForLimiter = redis;
+  const limiter: Limiter = !redisForLimiter
+    ? createMemoryLimiter(limiterOptions)
+    : settings.onStoreDown === "local-share"
+      ? createFallbackLimiter({
+          primary: createRedisLimiter({ ...limiterOptions, client: redisForLimiter }),
+          createFallback: () => createMemoryLimiter(limiterOptions),
+          replicas: settings.replicas,
+          primaryReady: () => redisForLimiter.status === "ready",
+          clock,
+          marginMs: settings.rateMarginMs,
+          onModeChange: (mode) =>
+            logger.warn({ mode }, "rate limiter mode changed (KEYGATE_ON_STORE_DOWN=local-share)"),
+        })
+      : createRedisLimiter({ ...limiterOptions, client: redisForLimiter });
   metrics.onCollect(() => {
     metrics.limiterQueueDepth.set({ action: ASSOCIATE_ACTION }, limiter.queueDepth(associateBucket.key));
     metrics.limiterQueueDepth.set({ action: DESCRIBE_ACTION }, limiter.queueDepth(describeBucket.key));

@@ -1,0 +1,162 @@
+import { type Clock, systemClock } from "../core/clock.js";
+import { isKeygateError, keygateError } from "../core/errors.js";
+import type { AcquireRequest, BucketSpec } from "../core/ports.js";
+import type { Limiter, LimiterGrant } from "./limiter.js";
+import { spanOf } from "./window.js";
+
+/** Which limiter decides right now. */
+export type FallbackMode = "primary" | "degraded" | "recovering";
+
+export interface FallbackLimiterOptions {
+  /** The cluster-wide limiter (Redis). */
+  primary: Limiter;
+  /**
+   * Makes a fresh local limiter (in-memory, cold hold-off on): one per outage, so it grants
+   * nothing for one span after the switch (the primary's last grants may still be in the cloud's window).
+   */
+  createFallback: () => Limiter;
+  /** Replicas sharing the limit: each gets floor(limit ÷ replicas), at least 1, while degraded. */
+  replicas: number;
+  /** True when the primary's store is reachable again (e.g. ioredis `status === "ready"`). */
+  primaryReady: () => boolean;
+  clock?: Clock;
+  /** The primary's margin, so the hand-back waits one full span. Default 40 ms. */
+  marginMs?: number;
+  /** How often to re-check the primary while degraded. Default 500 ms. */
+  probeMs?: number;
+  onModeChange?: (mode: FallbackMode) => void;
+}
+
+export interface FallbackLimiter extends Limiter {
+  mode(): FallbackMode;
+}
+
+const isStoreDown = (e: unknown) => isKeygateError(e) && e.reason === "STORE_UNAVAILABLE";
+
+/**
+ * `KEYGATE_ON_STORE_DOWN=local-share`: uses the primary while it works; when it fails with
+ * STORE_UNAVAILABLE, each replica grants on its own from a local limiter whose buckets get
+ * `floor(limit ÷ replicas)` (≥ 1), so the replicas together stay under the limit as long as
+ * `KEYGATE_REPLICAS` is not lower than the real count.
+ *
+ * Switching is careful in both directions, so the two limiters never add up inside one window:
+ * - into degraded: the fresh local limiter holds off one span (it cannot see the primary's last grants);
+ * - back to primary: once the store is ready again, no new local grant is given, and the primary is
+ *   asked only when the local limiter is idle and its last grant has left the span. If the store lost
+ *   its data, its own cold hold-off adds one more span.
+ */
+export function createFallbackLimiter(options: FallbackLimiterOptions): FallbackLimiter {
+  const { primary, createFallback, primaryReady } = options;
+  const clock = options.clock ?? systemClock;
+  const replicas = Math.max(1, Math.floor(options.replicas));
+  const marginMs = options.marginMs ?? 40;
+  const probeMs = options.probeMs ?? 500;
+  let mode: FallbackMode = "primary";
+  let fallback: Limiter | undefined;
+  let degradedAt = 0;
+  /** Latest local grant and the longest span it occupies. */
+  let lastLocalGrantAt = 0;
+  let localSpan = spanOf(1000, marginMs);
+  const retired: Promise<void>[] = [];
+
+  const currentMode = (): FallbackMode => mode;
+  const setMode = (m: FallbackMode) => {
+    if (mode === m) return;
+    mode = m;
+    try {
+      options.onModeChange?.(m);
+    } catch {
+      /* an observer must not break the limiter */
+    }
+  };
+
+  const share = (bucket: BucketSpec): BucketSpec => ({
+    ...bucket,
+    limit: Math.max(1, Math.floor(bucket.limit / replicas)),
+  });
+
+  const enterDegraded = () => {
+    if (mode === "degraded") return;
+    fallback ??= createFallback();
+    degradedAt = clock.now();
+    setMode("degraded");
+  };
+
+  const local = async (req: AcquireRequest): Promise<LimiterGrant> => {
+    fallback ??= createFallback();
+    const g = await fallback.acquire({ ...req, bucket: share(req.bucket) });
+    lastLocalGrantAt = Math.max(lastLocalGrantAt, clock.now());
+    localSpan = Math.max(localSpan, spanOf(req.bucket.windowMs, marginMs));
+    return g;
+  };
+
+  /** Waits until no local grant can still be in the cloud's window, then retires the local limiter. */
+  const waitLocalQuiet = async (req: AcquireRequest): Promise<void> => {
+    for (;;) {
+      if (mode !== "recovering") return;
+      const now = clock.now();
+      const busy = (fallback?.queueDepth() ?? 0) > 0;
+      const quietAt = lastLocalGrantAt + localSpan;
+      if (!busy && now >= quietAt) return;
+      const next = busy ? now + 20 : quietAt;
+      if (req.deadline !== undefined && next > req.deadline) {
+        throw keygateError("RATE_LIMITED", "upstream rate limit: handing back to the shared limiter", {
+          retryAfterMs: Math.max(1, Math.ceil(next - now)),
+        });
+      }
+      await clock.sleep(Math.max(1, next - now), req.signal).catch(() => {
+        throw keygateError("CANCELLED", "the caller went away");
+      });
+    }
+  };
+
+  const viaPrimary = async (req: AcquireRequest): Promise<LimiterGrant> => {
+    const g = await primary.acquire(req);
+    if (mode === "recovering") {
+      setMode("primary");
+      const old = fallback;
+      fallback = undefined;
+      if (old) retired.push(old.close());
+    }
+    return g;
+  };
+
+  const acquire = async (req: AcquireRequest): Promise<LimiterGrant> => {
+    if (mode === "degraded" && clock.now() - degradedAt >= probeMs && primaryReady()) setMode("recovering");
+    if (mode === "degraded") return local(req);
+    if (mode === "recovering") await waitLocalQuiet(req);
+    // The mode may have changed while waiting (the primary failed again under another caller).
+    if (currentMode() === "degraded") return local(req);
+    try {
+      return await viaPrimary(req);
+    } catch (err) {
+      if (!isStoreDown(err)) throw err;
+      enterDegraded();
+      return local(req);
+    }
+  };
+
+  return {
+    acquire,
+    mode: currentMode,
+    async penalize(bucket: BucketSpec, ms: number): Promise<void> {
+      if (mode === "primary" || mode === "recovering") {
+        try {
+          await primary.penalize(bucket, ms);
+          return;
+        } catch (err) {
+          if (!isStoreDown(err)) throw err;
+          enterDegraded();
+        }
+      }
+      fallback ??= createFallback();
+      await fallback.penalize(share(bucket), ms);
+    },
+    queueDepth(bucketKey?: string): number {
+      return primary.queueDepth(bucketKey) + (fallback?.queueDepth(bucketKey) ?? 0);
+    },
+    async close(): Promise<void> {
+      await Promise.all([primary.close(), fallback?.close(), ...retired]);
+    },
+  };
+}
