@@ -148,6 +148,8 @@ export async function createApp(opts: AppOptions) {
         if (reason === "deadline" || reason === "queue_full") metrics.limiterRejected.inc({ tenant });
       },
       onStoreError: () => metrics.redisErrors.inc(),
+      onWastedGrant: (bucket: string, reason: "late" | "no_waiter") =>
+        metrics.limiterWastedGrants.inc({ action: actionOf(bucket), reason }),
     },
   };
   const redisForLimiter = redis;

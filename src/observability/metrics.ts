@@ -46,6 +46,12 @@ export function createMetrics(opts: { defaultMetrics?: boolean } = {}) {
       labelNames: ["action"] as const,
       registers: r,
     }),
+    limiterWastedGrants: new Counter({
+      name: "keygate_limiter_wasted_grants_total",
+      help: "Grants not used: they came too late to be sent safely (late) or their caller had left (no_waiter)",
+      labelNames: ["action", "reason"] as const,
+      registers: r,
+    }),
     limiterRejected: new Counter({
       name: "keygate_limiter_rejected_total",
       help: "Requests refused RATE_LIMITED without spending a token",
