@@ -61,8 +61,7 @@ export function createKeyPairServiceImpl(opts: KeyPairServiceOptions): ServiceIm
                 waitForCompletion: req.waitForCompletion,
               },
               signal: ctx.signal,
-              deadline:
-                opts.clock.now() + Math.min(timeout ?? opts.defaultDeadlineMs, opts.defaultDeadlineMs),
+              deadline: opts.clock.now() + internalBudget(timeout, opts.defaultDeadlineMs),
             }),
         );
         return create(AssociateKeyPairsResponseSchema, result);
@@ -73,6 +72,18 @@ export function createKeyPairServiceImpl(opts: KeyPairServiceOptions): ServiceIm
       }
     },
   };
+}
+
+/**
+ * How long keygate itself may work on a call. The server aborts the call's signal when the
+ * caller's own deadline passes; keygate stops its waits a little earlier (5%, 20..250 ms) so the
+ * caller hears why (INSTANCE_BUSY, RATE_LIMITED, the cloud's busy code) instead of a bare
+ * deadline error.
+ */
+export function internalBudget(callerTimeoutMs: number | undefined, defaultDeadlineMs: number): number {
+  const budget = Math.min(callerTimeoutMs ?? defaultDeadlineMs, defaultDeadlineMs);
+  const margin = Math.min(250, Math.max(20, budget * 0.05));
+  return Math.max(0, budget - margin);
 }
 
 /** A caller-supplied x-request-id (sanitised) or a fresh one, so logs can be joined across systems. */

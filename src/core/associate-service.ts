@@ -117,7 +117,7 @@ export function createAssociateService(opts: AssociateServiceOptions) {
       entry.decision = "allowed";
       const result = await operations.run(
         {
-          fingerprint: fingerprintOf(scope, input),
+          fingerprint: fingerprintOf(scope, input, request.waitForCompletion),
           idempotency: request.idempotencyKey
             ? { tenant: tenant.name, key: request.idempotencyKey }
             : undefined,
@@ -128,12 +128,6 @@ export function createAssociateService(opts: AssociateServiceOptions) {
       if (result.deduplicated) {
         entry.deduplicated = true;
         hooks.dedupJoin?.();
-        // The call we joined may not have waited for the cloud tasks; this caller asked to.
-        if (request.waitForCompletion && result.instances.length === 0) {
-          const instances = await tasks.waitForTasks(input.region, input.instanceIds, result.requestId, call);
-          entry.upstreamRequestId = result.requestId;
-          return { ...result, instances };
-        }
       }
       entry.upstreamRequestId = result.requestId;
       return result;
