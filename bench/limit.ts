@@ -74,6 +74,8 @@ interface Row {
   limitExceeded: number;
   /** keygate only: tokens handed to callers (metrics); more than arrivals = grants given up as too late. */
   granted?: number;
+  /** keygate only: booked slots nobody sent on, by reason (`keygate_limiter_wasted_grants_total`). */
+  wasted?: Record<string, number>;
 }
 
 const dir = mkdtempSync(join(tmpdir(), "keygate-bench-limit-"));
@@ -87,9 +89,20 @@ let emulator: Child | undefined;
 let gateways: Child[] = [];
 const rows: Row[] = [];
 
-async function measure(mode: string, replicas: number, load: LoadResult, granted?: number): Promise<Row> {
+async function measure(
+  mode: string,
+  replicas: number,
+  load: LoadResult,
+  granted?: number,
+  wasted?: Record<string, number>,
+): Promise<Row> {
   const admin = emulatorAdmin(emulator!.url);
   const associates = (await admin.arrivals()).filter((a) => a.action === ASSOCIATE);
+  if (process.env.BENCH_LIMIT_DUMP) {
+    // For a closer look: every arrival (time, outcome) of the row, one JSON file per row.
+    const file = join(process.env.BENCH_LIMIT_DUMP, `${mode.replace(/\W+/g, "-")}-${replicas}.json`);
+    writeFileSync(file, JSON.stringify(associates.map((a) => [a.at, a.outcome])));
+  }
   const okTimes = associates.filter((a) => a.outcome === "OK").map((a) => a.at);
   const row: Row = {
     mode,
@@ -101,6 +114,7 @@ async function measure(mode: string, replicas: number, load: LoadResult, granted
     okRate: sustainedRate(okTimes),
     limitExceeded: associates.filter((a) => a.outcome.startsWith("RequestLimitExceeded")).length,
     ...(granted !== undefined ? { granted } : {}),
+    ...(wasted !== undefined ? { wasted } : {}),
   };
   const sorted = [...okTimes].sort((a, b) => a - b);
   const rounds = sorted.slice(10).map((t, i) => t - sorted[i]!);
@@ -111,6 +125,7 @@ async function measure(mode: string, replicas: number, load: LoadResult, granted
       `callers ok=${load.ok} failed=${JSON.stringify(load.failed)} ` +
       `p50=${percentile(load.latencies, 50)}ms p99=${percentile(load.latencies, 99)}ms` +
       (granted !== undefined ? ` tokensGranted=${granted}` : "") +
+      (wasted !== undefined ? ` wastedSlots=${JSON.stringify(wasted)}` : "") +
       ` 11-arrival spans p1/p50/p99=${percentile(rounds, 1)}/${percentile(rounds, 50)}/${percentile(rounds, 99)}ms`,
   );
   // Let the emulator's cloud tasks end before the next row, then start it from a clean log.
@@ -153,9 +168,18 @@ async function keygateRow(n: number): Promise<void> {
       gateways.map((g) => scrapeCounter(g, "keygate_limiter_tokens_granted_total", ASSOCIATE)),
     )
   ).reduce((s, x) => s + x, 0);
+  const wasted: Record<string, number> = {};
+  for (const reason of ["late", "no_waiter", "cancelled"]) {
+    const counts = await Promise.all(
+      gateways.map((g) =>
+        scrapeCounter(g, "keygate_limiter_wasted_grants_total", `action="${ASSOCIATE}",reason="${reason}"`),
+      ),
+    );
+    wasted[reason] = counts.reduce((s, x) => s + x, 0);
+  }
   await Promise.all(gateways.map((g) => g.stop()));
   gateways = [];
-  await measure("keygate", n, load, granted);
+  await measure("keygate", n, load, granted, wasted);
 }
 
 const upstreams = (n: number): TencentUpstream[] =>

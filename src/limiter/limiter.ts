@@ -12,8 +12,12 @@ export type RejectReason = "queue_full" | "deadline" | "cancelled" | "store_unav
 export interface LimiterHooks {
   onGrant?(bucket: string, tenant: string, waitedMs: number): void;
   onReject?(reason: RejectReason, bucket: string, tenant: string): void;
-  /** A grant nobody used: it arrived too late to be sent safely, or its waiter had left. */
-  onWastedGrant?(bucket: string, reason: "late" | "no_waiter"): void;
+  /**
+   * A booked slot nobody used: it could not be sent in time ("late": the store's answer or the
+   * wake-up at the slot came too late), nobody was waiting any more ("no_waiter"), or this replica
+   * dropped it because of a penalty or a store error ("cancelled"). A wasted slot is safe.
+   */
+  onWastedGrant?(bucket: string, reason: "late" | "no_waiter" | "cancelled"): void;
   onStoreError?(bucket: string, error: unknown): void;
 }
 
@@ -23,10 +27,25 @@ export interface LimiterOptions {
   /** Added to the bucket's window; absorbs grant-to-arrival jitter. Default 40 ms (see docs/decisions/limiter.md). */
   marginMs?: number;
   /**
-   * A grant is good only if the request is sent within this many ms of the moment the
-   * store was asked (measured before the Redis call). Default 15 ms.
+   * A grant is good only if the request is sent within this many ms of its slot, where the slot
+   * is converted to local time from the moment the store was asked (before the Redis call), so
+   * the Redis round trip counts against it. Default 15 ms.
    */
   sendWithinMs?: number;
+  /**
+   * How far ahead of the store's clock a slot may be booked. The dispatcher books the next slot
+   * up to this long before it is due and the caller is woken at the slot, so the slots are spaced
+   * by the store's arithmetic alone and a replica's wake-up latency (timer, event loop, Redis
+   * round trip) no longer adds to every slot. It is also how long after a penalty (or a data loss)
+   * another replica's booked grant may still go out. Default 80 ms; 0 = grant only "now".
+   */
+  bookAheadMs?: number;
+  /**
+   * Least distance between booked slots that wait for the window, so that replicas do not all
+   * wake and send in the same ms; costs no rate (rounds keep their spread). Default 0 here,
+   * `createRedisLimiter` uses `DEFAULT_SLOT_GAP_MS`.
+   */
+  slotGapMs?: number;
   /** Longest a caller waits in the queue, whatever its own deadline. Default 10 s. */
   maxWaitMs?: number;
   /** Waiters per bucket on this replica; more are refused at once. Default 1000. */
@@ -51,6 +70,11 @@ export interface Limiter extends RateLimiter {
 
 const MAX_TIMER_MS = 2_147_483_647;
 
+/** Default booking horizon (`LimiterOptions.bookAheadMs`). */
+export const DEFAULT_BOOK_AHEAD_MS = 80;
+/** Slot spacing for several replica processes (`LimiterOptions.slotGapMs` of `createRedisLimiter`). */
+export const DEFAULT_SLOT_GAP_MS = 8;
+
 interface Waiter {
   tenant: string;
   enqueuedAt: number;
@@ -60,13 +84,24 @@ interface Waiter {
   cleanup(): void;
 }
 
+/** A slot booked in the store, not yet handed to a waiter. */
+interface Booking {
+  /** Local time of the slot, converted late (after the store's answer): never before it. */
+  at: number;
+  /** Latest local send time: the slot converted early (before the store was asked) + sendWithinMs. */
+  sendBy: number;
+  dropped: boolean;
+}
+
 interface BucketState {
   spec: BucketSpec;
   queue: FairQueue<Waiter>;
   running: boolean;
-  /** Local time before which the store will not grant (from its last refusal). */
+  /** Booked slots, earliest first; each goes to the head of the queue when it is due. */
+  bookings: Booking[];
+  /** Local time of the next slot the store may give (its last refusal or booking). */
   nextAt: number;
-  /** Grants the store said were still free at its last grant. */
+  /** Grants the store said were still free at `nextAt`. */
   free: number;
   /** Observed ms between grants while backlogged (other replicas take their share too). */
   interval: number;
@@ -75,15 +110,19 @@ interface BucketState {
 
 /**
  * The per-replica side of the limiter: callers wait in a weighted fair queue per bucket and
- * one dispatcher loop per bucket asks the store for a grant for the head of the queue,
- * sleeping exactly as long as the store says when refused. A caller whose turn cannot come
- * before its deadline (or `maxWaitMs`), or who finds the queue full, is refused at once.
+ * one dispatcher loop per bucket books slots in the store (one per waiter not yet covered by a
+ * booking), sleeping exactly as long as the store says when refused. Each booked slot wakes at
+ * its time and goes to whoever is then at the head of the queue; `acquire` resolves at that
+ * moment, so the caller sends at once. A caller whose turn cannot come before its deadline (or
+ * `maxWaitMs`), or who finds the queue full, is refused at once.
  */
 export function createLimiter(options: LimiterOptions): Limiter {
   const clock = options.clock ?? systemClock;
   const store = options.store;
   const marginMs = options.marginMs ?? 40;
   const sendWithinMs = options.sendWithinMs ?? 15;
+  const bookAheadMs = Math.max(0, options.bookAheadMs ?? DEFAULT_BOOK_AHEAD_MS);
+  const booking = { horizonMs: bookAheadMs, gapMs: Math.max(0, options.slotGapMs ?? 0) };
   const maxWaitMs = options.maxWaitMs ?? 10_000;
   const maxQueue = options.maxQueue ?? 1000;
   const jitterMs = options.jitterMs ?? 2;
@@ -108,6 +147,7 @@ export function createLimiter(options: LimiterOptions): Limiter {
         spec,
         queue: createFairQueue<Waiter>(),
         running: false,
+        bookings: [],
         nextAt: 0,
         free: spec.limit,
         interval: span / spec.limit,
@@ -121,8 +161,10 @@ export function createLimiter(options: LimiterOptions): Limiter {
 
   /** Estimated ms until the waiter at `position` gets its grant. */
   const etaFor = (b: BucketState, position: number, now: number): number => {
+    const booked = b.bookings[position];
+    if (booked) return Math.max(0, booked.at - now);
     const head = Math.max(0, b.nextAt - now);
-    const behindFree = Math.max(0, position - (head > 0 ? 0 : b.free));
+    const behindFree = Math.max(0, position - b.bookings.length - b.free);
     return head + behindFree * b.interval;
   };
 
@@ -141,17 +183,78 @@ export function createLimiter(options: LimiterOptions): Limiter {
     }
   };
 
+  /** Drops this replica's booked slots of `b` (they are simply not used: safe). */
+  const dropBookings = (b: BucketState) => {
+    for (const k of b.bookings) {
+      k.dropped = true;
+      safe(() => hooks.onWastedGrant?.(b.spec.key, "cancelled"));
+    }
+    b.bookings = [];
+  };
+
+  /** After a slot was used or wasted: keep booking for waiters left, or forget an idle bucket. */
+  const settle = (b: BucketState) => {
+    if (b.running || closing.signal.aborted) return;
+    if (b.queue.size > b.bookings.length) void dispatch(b);
+    else if (b.queue.size === 0 && b.bookings.length === 0 && b.nextAt <= clock.now()) {
+      if (buckets.get(b.spec.key) === b) buckets.delete(b.spec.key);
+    }
+  };
+
+  /** A booked slot is due: the head of the queue gets it, if it can still be sent in time. */
+  const fire = (b: BucketState, k: Booking) => {
+    if (k.dropped) return;
+    const now = clock.now();
+    if (now < k.at) {
+      // A timer may fire a little early by the wall clock: never send before the slot.
+      void clock.sleep(k.at - now).then(() => fire(b, k));
+      return;
+    }
+    b.bookings = b.bookings.filter((x) => x !== k);
+    if (now > k.sendBy) {
+      // Woke too late to send on it safely: a wasted slot is safe, a late one is not.
+      safe(() => hooks.onWastedGrant?.(b.spec.key, "late"));
+    } else {
+      const entry = b.queue.shift();
+      if (!entry) {
+        safe(() => hooks.onWastedGrant?.(b.spec.key, "no_waiter"));
+      } else {
+        const w = entry.item;
+        w.cleanup();
+        const waitedMs = now - w.enqueuedAt;
+        safe(() => hooks.onGrant?.(b.spec.key, w.tenant, waitedMs));
+        w.resolve({ waitedMs, sendBy: k.sendBy });
+      }
+    }
+    settle(b);
+  };
+
+  const book = (b: BucketState, k: Booking) => {
+    let i = b.bookings.length;
+    while (i > 0 && (b.bookings[i - 1]?.at ?? 0) > k.at) i--;
+    b.bookings.splice(i, 0, k);
+    const now = clock.now();
+    if (k.at <= now) {
+      fire(b, k);
+      return;
+    }
+    // No abort signal: close() marks bookings dropped, and the timer ends by itself within the horizon.
+    void clock.sleep(k.at - now).then(() => fire(b, k));
+  };
+
   const dispatch = async (b: BucketState): Promise<void> => {
     b.running = true;
     try {
       const span = spanOf(b.spec.windowMs, marginMs);
-      while (b.queue.size > 0 && !closing.signal.aborted) {
+      while (b.queue.size > b.bookings.length && !closing.signal.aborted) {
         const asked = clock.now();
         let d;
         try {
-          d = await store.tryAcquire(b.spec, span);
+          d = await store.tryAcquire(b.spec, span, booking);
         } catch (err) {
           safe(() => hooks.onStoreError?.(b.spec.key, err));
+          // Fail closed: nothing more goes out from this replica once the store is known to be down.
+          dropBookings(b);
           failAll(
             b,
             keygateError("STORE_UNAVAILABLE", "the rate-limit store cannot be reached", { cause: err }),
@@ -164,7 +267,7 @@ export function createLimiter(options: LimiterOptions): Limiter {
           // The store's wait counts from its decision, somewhere within the round trip: take the middle.
           const waitMs = Math.max(0, d.waitMs - (now - asked) / 2);
           b.free = 0;
-          b.nextAt = now + waitMs;
+          b.nextAt = now + waitMs + bookAheadMs;
           try {
             await clock.sleep(waitMs + random() * jitterMs, closing.signal);
           } catch {
@@ -172,33 +275,28 @@ export function createLimiter(options: LimiterOptions): Limiter {
           }
           continue;
         }
+        // The store decided somewhere within the round trip [asked, now]: the slot is `delay` after
+        // that. Sending from now + delay is never before the slot; sending by asked + delay +
+        // sendWithinMs is never more than sendWithinMs after it.
+        const delay = Math.max(0, d.delayMs ?? 0);
+        const k: Booking = { at: now + delay, sendBy: asked + delay + sendWithinMs, dropped: false };
         b.free = d.remaining;
-        b.nextAt = now;
-        if (now - asked > sendWithinMs) {
+        b.nextAt = k.at;
+        if (k.at > k.sendBy) {
           // The answer came back too late to send on it safely: a wasted grant is safe, a late one is not.
           safe(() => hooks.onWastedGrant?.(b.spec.key, "late"));
           continue;
         }
-        const entry = b.queue.shift();
-        if (!entry) {
-          safe(() => hooks.onWastedGrant?.(b.spec.key, "no_waiter"));
-          break;
-        }
-        if (b.lastGrantAt > 0 && b.queue.size > 0 && d.remaining === 0) {
+        if (b.lastGrantAt > 0 && b.queue.size > b.bookings.length + 1 && d.remaining === 0) {
           // Learn the share this replica actually gets while backlogged, for honest refusals.
-          b.interval = Math.max(span / b.spec.limit, 0.8 * b.interval + 0.2 * (now - b.lastGrantAt));
+          b.interval = Math.max(span / b.spec.limit, 0.8 * b.interval + 0.2 * (k.at - b.lastGrantAt));
         }
-        b.lastGrantAt = now;
-        const w = entry.item;
-        w.cleanup();
-        const waitedMs = now - w.enqueuedAt;
-        safe(() => hooks.onGrant?.(b.spec.key, w.tenant, waitedMs));
-        w.resolve({ waitedMs, sendBy: asked + sendWithinMs });
+        b.lastGrantAt = k.at;
+        book(b, k);
       }
     } finally {
       b.running = false;
-      if (b.queue.size === 0 && b.nextAt <= clock.now()) buckets.delete(b.spec.key);
-      else if (b.queue.size > 0 && !closing.signal.aborted) void dispatch(b);
+      settle(b);
     }
   };
 
@@ -264,7 +362,13 @@ export function createLimiter(options: LimiterOptions): Limiter {
         throw keygateError("STORE_UNAVAILABLE", "the rate-limit store cannot be reached", { cause: err });
       }
       const b = buckets.get(bucket.key);
-      if (b) b.nextAt = Math.max(b.nextAt, clock.now() + ms);
+      if (b) {
+        // This replica's booked slots would go out during the hold-off: drop them (waiters stay queued).
+        dropBookings(b);
+        b.nextAt = Math.max(b.nextAt, clock.now() + ms);
+        b.free = 0;
+        settle(b);
+      }
     },
     queueDepth(bucketKey?: string): number {
       if (bucketKey !== undefined) return buckets.get(bucketKey)?.queue.size ?? 0;
@@ -275,6 +379,8 @@ export function createLimiter(options: LimiterOptions): Limiter {
     close(): Promise<void> {
       closing.abort();
       for (const b of buckets.values()) {
+        for (const k of b.bookings) k.dropped = true;
+        b.bookings = [];
         failAll(b, keygateError("SHUTTING_DOWN", "the limiter is closing"), "closed");
       }
       buckets.clear();

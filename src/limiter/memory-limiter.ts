@@ -1,5 +1,5 @@
 import { systemClock } from "../core/clock.js";
-import { createLimiter, type Limiter, type LimiterOptions } from "./limiter.js";
+import { createLimiter, DEFAULT_BOOK_AHEAD_MS, type Limiter, type LimiterOptions } from "./limiter.js";
 import { createMemoryWindowStore } from "./memory-window-store.js";
 
 export interface MemoryLimiterOptions extends Omit<LimiterOptions, "store"> {
@@ -11,6 +11,10 @@ export interface MemoryLimiterOptions extends Omit<LimiterOptions, "store"> {
 export function createMemoryLimiter(options: MemoryLimiterOptions = {}): Limiter {
   const { coldHoldOff, ...rest } = options;
   const clock = rest.clock ?? systemClock;
-  const store = createMemoryWindowStore({ clock, ...(coldHoldOff !== undefined ? { coldHoldOff } : {}) });
+  const store = createMemoryWindowStore({
+    clock,
+    horizonMs: rest.bookAheadMs ?? DEFAULT_BOOK_AHEAD_MS,
+    ...(coldHoldOff !== undefined ? { coldHoldOff } : {}),
+  });
   return createLimiter({ ...rest, clock, store });
 }

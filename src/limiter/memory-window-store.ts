@@ -1,7 +1,7 @@
 import type { Clock } from "../core/clock.js";
 import type { BucketSpec } from "../core/ports.js";
 import { decide, record } from "./window.js";
-import type { StoreDecision, WindowStore } from "./window-store.js";
+import type { BookingOptions, StoreDecision, WindowStore } from "./window-store.js";
 
 interface MemoryBucket {
   log: number[];
@@ -9,7 +9,8 @@ interface MemoryBucket {
 }
 
 /**
- * The single-replica store: the same arithmetic as the Lua script, on the given clock.
+ * The single-replica store: the same arithmetic as the Lua script (slots booked up to a horizon
+ * ahead, penalty included), on the given clock.
  * Idle buckets are dropped once their whole log has left the span, so memory stays bounded.
  */
 export function createMemoryWindowStore(options: {
@@ -20,10 +21,16 @@ export function createMemoryWindowStore(options: {
    * (the Redis store does the same after a data loss).
    */
   coldHoldOff?: boolean;
+  /**
+   * The booking horizon the limiter uses (default 0): the cold log is taken as full at start-up
+   * plus this much, as the previous process may have booked slots up to that far ahead.
+   */
+  horizonMs?: number;
 }): WindowStore & { size(): number } {
   const { clock } = options;
   const coldHoldOff = options.coldHoldOff ?? true;
   const startedAt = clock.now();
+  const coldAheadMs = Math.max(0, options.horizonMs ?? 0);
   const buckets = new Map<string, MemoryBucket>();
 
   const sweep = (now: number, spanMs: number) => {
@@ -35,22 +42,23 @@ export function createMemoryWindowStore(options: {
   const bucketFor = (bucket: BucketSpec): MemoryBucket => {
     let b = buckets.get(bucket.key);
     if (!b) {
-      b = { log: coldHoldOff ? Array<number>(bucket.limit).fill(startedAt) : [], penaltyUntil: 0 };
+      const cold = coldHoldOff ? Array<number>(bucket.limit).fill(startedAt + coldAheadMs) : [];
+      b = { log: cold, penaltyUntil: 0 };
       buckets.set(bucket.key, b);
     }
     return b;
   };
 
   return {
-    tryAcquire(bucket: BucketSpec, spanMs: number): Promise<StoreDecision> {
+    tryAcquire(bucket: BucketSpec, spanMs: number, booking: BookingOptions = {}): Promise<StoreDecision> {
+      const horizonMs = booking.horizonMs ?? 0;
       const now = clock.now();
-      if (buckets.size > 64) sweep(now, spanMs);
+      if (buckets.size > 64) sweep(now, spanMs + horizonMs);
       const b = bucketFor(bucket);
-      if (now < b.penaltyUntil) return Promise.resolve({ granted: false, waitMs: b.penaltyUntil - now });
-      const d = decide(b.log, now, bucket.limit, spanMs);
+      const d = decide(b.log, now, bucket.limit, spanMs, horizonMs, b.penaltyUntil, booking.gapMs ?? 0);
       if (!d.granted) return Promise.resolve(d);
       record(b.log, d.at, bucket.limit);
-      return Promise.resolve({ granted: true, remaining: d.remaining });
+      return Promise.resolve({ granted: true, remaining: d.remaining, delayMs: d.delayMs });
     },
     penalize(bucket: BucketSpec, ms: number): Promise<void> {
       const until = clock.now() + Math.max(0, ms);

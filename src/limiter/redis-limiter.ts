@@ -1,5 +1,5 @@
 import type { RedisClient } from "../store/redis.js";
-import { createLimiter, type Limiter, type LimiterOptions } from "./limiter.js";
+import { createLimiter, DEFAULT_SLOT_GAP_MS, type Limiter, type LimiterOptions } from "./limiter.js";
 import { createRedisWindowStore } from "./redis-window-store.js";
 
 export interface RedisLimiterOptions extends Omit<LimiterOptions, "store"> {
@@ -16,6 +16,7 @@ export function createRedisLimiter(options: RedisLimiterOptions): Limiter {
   const { client, keyPrefix, coldHoldOff, ...rest } = options;
   return createLimiter({
     ...rest,
+    slotGapMs: rest.slotGapMs ?? DEFAULT_SLOT_GAP_MS,
     store: createRedisWindowStore({
       client,
       ...(keyPrefix !== undefined ? { keyPrefix } : {}),

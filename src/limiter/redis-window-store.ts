@@ -1,7 +1,7 @@
 import type { BucketSpec } from "../core/ports.js";
 import type { RedisClient } from "../store/redis.js";
 import { defineScript } from "../store/scripts.js";
-import type { StoreDecision, WindowStore } from "./window-store.js";
+import type { BookingOptions, StoreDecision, WindowStore } from "./window-store.js";
 
 /** The custom commands `defineScript` adds to the client. */
 interface LimiterCommands {
@@ -11,6 +11,8 @@ interface LimiterCommands {
     limit: number,
     spanMs: number,
     coldMs: number,
+    horizonMs: number,
+    gapMs: number,
   ): Promise<unknown>;
   keygatePenalize(penaltyKey: string, ms: number): Promise<unknown>;
 }
@@ -39,7 +41,8 @@ export interface RedisWindowStoreOptions {
 }
 
 /**
- * The cluster-wide store: one atomic Lua script per decision, timed by Redis TIME. The
+ * The cluster-wide store: one atomic Lua script per decision, timed by Redis TIME, which books
+ * the next free slot when it lies within the horizon (see acquire-window-2.lua). The
  * client is owned by the caller (not closed here); it should be created with
  * `enableOfflineQueue: false` so an outage fails commands at once.
  */
@@ -52,7 +55,11 @@ export function createRedisWindowStore(options: RedisWindowStoreOptions): Window
   const cmd = client as unknown as LimiterCommands;
 
   return {
-    async tryAcquire(bucket: BucketSpec, spanMs: number): Promise<StoreDecision> {
+    async tryAcquire(
+      bucket: BucketSpec,
+      spanMs: number,
+      booking: BookingOptions = {},
+    ): Promise<StoreDecision> {
       const k = bucketKeys(prefix, bucket.key);
       const reply = await cmd.keygateAcquireWindow(
         k.window,
@@ -60,11 +67,15 @@ export function createRedisWindowStore(options: RedisWindowStoreOptions): Window
         bucket.limit,
         Math.ceil(spanMs),
         coldMs,
+        Math.max(0, Math.floor(booking.horizonMs ?? 0)),
+        Math.max(0, Math.ceil(booking.gapMs ?? 0)),
       );
       if (!Array.isArray(reply) || reply.length < 2)
         throw new Error("unexpected reply from acquire-window script");
-      const [granted, n] = reply as [number, number];
-      return granted === 1 ? { granted: true, remaining: Number(n) } : { granted: false, waitMs: Number(n) };
+      const [granted, n, , delay] = reply as [number, number, number, number | undefined];
+      return granted === 1
+        ? { granted: true, remaining: Number(n), delayMs: Number(delay ?? 0) }
+        : { granted: false, waitMs: Number(n) };
     },
     async penalize(bucket: BucketSpec, ms: number): Promise<void> {
       const k = bucketKeys(prefix, bucket.key);

@@ -1,7 +1,20 @@
 import type { BucketSpec } from "../core/ports.js";
 
-/** What a store answers for one atomic decision: granted now, or try again in `waitMs`. */
-export type StoreDecision = { granted: true; remaining: number } | { granted: false; waitMs: number };
+/**
+ * What a store answers for one atomic decision. Granted: a slot is booked for this caller and
+ * the request may be sent `delayMs` after the store decided (absent or 0 = at once), never
+ * earlier. Refused: nothing booked, ask again in `waitMs`.
+ */
+export type StoreDecision =
+  { granted: true; remaining: number; delayMs?: number } | { granted: false; waitMs: number };
+
+/** How slots are booked; see `decide` in window.ts. */
+export interface BookingOptions {
+  /** How far ahead of the store's clock a slot may be booked. Default 0. */
+  horizonMs?: number;
+  /** Least distance between slots that wait for the window. Default 0. */
+  gapMs?: number;
+}
 
 /**
  * The shared part of the limiter: one atomic sliding-window decision per call. Redis
@@ -9,7 +22,10 @@ export type StoreDecision = { granted: true; remaining: number } | { granted: fa
  * Implementations throw (any error) when the store cannot be reached.
  */
 export interface WindowStore {
-  tryAcquire(bucket: BucketSpec, spanMs: number): Promise<StoreDecision>;
+  /**
+   * Books the next free slot if it lies at most `booking.horizonMs` ahead of the store's clock.
+   */
+  tryAcquire(bucket: BucketSpec, spanMs: number, booking?: BookingOptions): Promise<StoreDecision>;
   /** Every replica refuses grants on `bucket` for the next `ms` (the upstream said RequestLimitExceeded). */
   penalize(bucket: BucketSpec, ms: number): Promise<void>;
 }

@@ -6,9 +6,13 @@
  * more than `limit`.
  */
 
-/** The outcome of one decision. `remaining` = further grants still free right now. */
+/**
+ * The outcome of one decision. Granted: the slot `at` is booked (recorded in the log) and the
+ * request may be sent from `delayMs` after the decision (0 = now); `remaining` = further grants
+ * still free at that slot. Refused: nothing recorded, ask again in `waitMs`.
+ */
 export type WindowDecision =
-  { granted: true; at: number; remaining: number } | { granted: false; waitMs: number };
+  { granted: true; at: number; delayMs: number; remaining: number } | { granted: false; waitMs: number };
 
 /**
  * The span a grant occupies: the upstream's window plus a safety margin that absorbs the
@@ -19,22 +23,48 @@ export function spanOf(windowMs: number, marginMs: number): number {
 }
 
 /**
- * Decides whether a grant may be given at `now`, given the previous grant times `log`
- * (newest first, at most `limit` entries are looked at). A clock that ran backwards is
- * treated as standing still at the newest grant, so grants stay monotonic.
+ * Books the next free slot, given the previous slots `log` (newest first, at most `limit`
+ * entries are looked at; the newest may lie in the future, booked ahead):
+ *
+ *     slot = max(now, newest, log[limit - 1] + span, holdUntil)
+ *
+ * granted when `slot - now <= horizonMs` (the caller sends at the slot), else refused with
+ * `waitMs = slot - now - horizonMs` (ask again then, and the slot is still within reach).
+ * Slots never go backwards and any `limit + 1` consecutive slots lie at least `span` apart, so
+ * no half-open window of `span` ever holds more than `limit`, whatever the horizon.
+ *
+ * A booking is at most `horizonMs` ahead of the clock that made it, so a newest slot further
+ * ahead than that means the clock ran backwards: `now` then stands still at `newest - horizonMs`
+ * (never ahead of the true time), which keeps the spacing conservative. With `horizonMs = 0` this
+ * is the plain sliding-window log: grant now if fewer than `limit` grants lie in the last span.
+ * `gapMs` (default 0) spaces slots that wait for the window at least that far apart.
  */
-export function decide(log: readonly number[], now: number, limit: number, spanMs: number): WindowDecision {
+export function decide(
+  log: readonly number[],
+  now: number,
+  limit: number,
+  spanMs: number,
+  horizonMs = 0,
+  holdUntil = 0,
+  gapMs = 0,
+): WindowDecision {
   const newest = log[0];
-  const at = newest !== undefined && newest > now ? newest : now;
+  const base = newest !== undefined && newest - horizonMs > now ? newest - horizonMs : now;
+  let slot = Math.max(base, newest ?? base, holdUntil);
+  const oldest = log.length >= limit ? log[limit - 1] : undefined;
+  if (oldest !== undefined && oldest + spanMs > base) {
+    // The window holds the caller back: keep booked slots `gapMs` apart so that replicas do not
+    // all wake and send in the same ms (the spread then repeats every round, at no cost in rate).
+    slot = Math.max(slot, oldest + spanMs, (newest ?? base) + gapMs);
+  }
+  const delayMs = slot - base;
+  if (delayMs > horizonMs) return { granted: false, waitMs: Math.max(1, delayMs - horizonMs) };
   let inWindow = 0;
   const n = Math.min(log.length, limit);
   for (let i = 0; i < n; i++) {
-    if ((log[i] ?? -Infinity) > at - spanMs) inWindow++;
+    if ((log[i] ?? -Infinity) > slot - spanMs) inWindow++;
   }
-  if (inWindow < limit) return { granted: true, at, remaining: limit - inWindow - 1 };
-  // All `limit` newest grants are inside the span: wait until the oldest of them leaves it.
-  const oldest = log[limit - 1] ?? at;
-  return { granted: false, waitMs: Math.max(1, oldest + spanMs - at) };
+  return { granted: true, at: slot, delayMs, remaining: Math.max(0, limit - inWindow - 1) };
 }
 
 /** Records a grant at `at` into a newest-first log, keeping only what `decide` needs. */
