@@ -11,8 +11,10 @@ import type { Settings } from "./config/settings.js";
 import { createAssociateService } from "./core/associate-service.js";
 import { type Clock, systemClock } from "./core/clock.js";
 import type { BucketSpec, CallOptions, PolicyGate, Tenant } from "./core/ports.js";
+import { createFallbackOperations } from "./dedup/fallback-operations.js";
 import { createMemoryOperations } from "./dedup/memory-operations.js";
 import { createRedisOperations } from "./dedup/redis-operations.js";
+import { createFallbackLeases } from "./leases/fallback-leases.js";
 import { createMemoryLeases } from "./leases/memory-leases.js";
 import { createRedisLeases } from "./leases/redis-leases.js";
 import { createTaskWatcher } from "./leases/task-watcher.js";
@@ -84,17 +86,27 @@ export async function createApp(opts: AppOptions) {
   if (settings.redisUrl) {
     redis = createRedis(settings.redisUrl, { connectionName: `keygate:${owner}` });
     const client = redis;
-    health.set("redis", false);
+    // local-share: Redis is not a readiness component; an outage is a degraded mode, logged and gauged.
+    let degraded: boolean | undefined;
+    const redisUp = (up: boolean) => {
+      if (settings.onStoreDown !== "local-share") return health.set("redis", up);
+      if (degraded === !up) return;
+      if (!up && degraded === false)
+        logger.warn("redis unreachable: local-share mode, this replica limits, leases and dedups on its own");
+      degraded = !up;
+      metrics.storeDegraded.set(up ? 0 : 1);
+    };
+    redisUp(false);
     client.on("ready", () => {
-      health.set("redis", true);
+      redisUp(true);
       logger.info({ redis: redact(settings.redisUrl ?? "") }, "redis connected");
     });
     client.on("error", (err: Error) => {
       metrics.redisErrors.inc();
       logger.warn({ err: err.message }, "redis error");
     });
-    client.on("end", () => health.set("redis", false));
-    client.on("close", () => health.set("redis", false));
+    client.on("end", () => redisUp(false));
+    client.on("close", () => redisUp(false));
     closers.push(async () => {
       await client.quit().catch(() => client.disconnect());
     });
@@ -103,7 +115,9 @@ export async function createApp(opts: AppOptions) {
     await waitReady(client, clock, 5_000).catch(() =>
       logger.error(
         { redis: redact(settings.redisUrl ?? "") },
-        "redis is not reachable yet; answering STORE_UNAVAILABLE until it is",
+        settings.onStoreDown === "local-share"
+          ? "redis is not reachable yet; local-share: this replica works on its own until it is"
+          : "redis is not reachable yet; answering STORE_UNAVAILABLE until it is",
       ),
     );
   } else {
@@ -192,10 +206,31 @@ export async function createApp(opts: AppOptions) {
   };
 
   // --- leases, coalescing, task watch ---------------------------------------------------------
-  const leases = redis ? createRedisLeases({ client: redis, clock }) : createMemoryLeases({ clock });
-  const operations = redis
-    ? createRedisOperations({ client: redis, clock })
-    : createMemoryOperations({ clock });
+  const localShare = redis && settings.onStoreDown === "local-share" ? redis : undefined;
+  const onStoreMode = (what: string) => (mode: string) =>
+    logger.warn({ mode }, `${what} mode changed (KEYGATE_ON_STORE_DOWN=local-share)`);
+  const leases = localShare
+    ? createFallbackLeases({
+        primary: createRedisLeases({ client: localShare, clock }),
+        fallback: createMemoryLeases({ clock }),
+        primaryReady: () => localShare.status === "ready",
+        clock,
+        onModeChange: onStoreMode("leases"),
+      })
+    : redis
+      ? createRedisLeases({ client: redis, clock })
+      : createMemoryLeases({ clock });
+  const operations = localShare
+    ? createFallbackOperations({
+        primary: createRedisOperations({ client: localShare, clock }),
+        fallback: createMemoryOperations({ clock }),
+        primaryReady: () => localShare.status === "ready",
+        clock,
+        onModeChange: onStoreMode("coalescing/idempotency"),
+      })
+    : redis
+      ? createRedisOperations({ client: redis, clock })
+      : createMemoryOperations({ clock });
   const tasks = createTaskWatcher({
     describe,
     clock,

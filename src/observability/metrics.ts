@@ -98,6 +98,11 @@ export function createMetrics(opts: { defaultMetrics?: boolean } = {}) {
       help: "Redis operations that failed (the affected requests got STORE_UNAVAILABLE)",
       registers: r,
     }),
+    storeDegraded: new Gauge({
+      name: "keygate_store_degraded",
+      help: "1 while Redis is unreachable and this replica runs on its own (KEYGATE_ON_STORE_DOWN=local-share)",
+      registers: r,
+    }),
     inflight: new Gauge({
       name: "keygate_inflight_requests",
       help: "Requests being handled on this replica",

@@ -1,0 +1,127 @@
+import { type Clock, systemClock } from "../core/clock.js";
+import { isKeygateError } from "../core/errors.js";
+import type { CallOptions, LeaseHandle, Leases } from "../core/ports.js";
+
+/** Which store decides right now: the shared one, or this replica's own memory. */
+export type StoreMode = "primary" | "degraded";
+
+export interface FallbackLeasesOptions {
+  /** Cluster-wide leases (Redis). */
+  primary: Leases;
+  /** This replica's own leases (in-memory). */
+  fallback: Leases;
+  /** False while the primary's store is known to be unreachable (e.g. ioredis `status !== "ready"`). */
+  primaryReady?: () => boolean;
+  clock?: Clock;
+  /** After a primary failure, how long to stay local before asking the primary again. Default 500 ms. */
+  probeMs?: number;
+  onModeChange?: (mode: StoreMode) => void;
+}
+
+export interface FallbackLeases extends Leases {
+  mode(): StoreMode;
+}
+
+export const isStoreDown = (e: unknown) => isKeygateError(e) && e.reason === "STORE_UNAVAILABLE";
+
+/**
+ * `KEYGATE_ON_STORE_DOWN=local-share` for leases. Every acquisition first takes the instances in
+ * this replica's own leases, then (while the shared store works) in the shared ones too:
+ * - calls on the same replica never overlap, whatever the store does, including across the
+ *   switches (a lease taken during an outage still guards its instances after Redis is back);
+ * - while the primary fails with STORE_UNAVAILABLE (or is not ready) the local lease alone is
+ *   used: replicas no longer see each other's leases — the documented price of local-share;
+ * - a shared lease that cannot be renewed because the store went away is not reported as lost:
+ *   its local lease still holds the instances on this replica.
+ * A handle releases exactly what it acquired, in whichever store.
+ */
+export function createFallbackLeases(options: FallbackLeasesOptions): FallbackLeases {
+  const { primary, fallback } = options;
+  const clock = options.clock ?? systemClock;
+  const probeMs = options.probeMs ?? 500;
+  const primaryReady = options.primaryReady ?? (() => true);
+  let mode: StoreMode = "primary";
+  let failedAt = -Infinity;
+
+  const setMode = (m: StoreMode) => {
+    if (mode === m) return;
+    mode = m;
+    try {
+      options.onModeChange?.(m);
+    } catch {
+      /* an observer must not break leasing */
+    }
+  };
+  const degrade = () => {
+    failedAt = clock.now();
+    setMode("degraded");
+  };
+  /** Whether to ask the shared store this time. */
+  const tryPrimary = (): boolean => {
+    if (!primaryReady()) {
+      degrade();
+      return false;
+    }
+    return mode === "primary" || clock.now() - failedAt >= probeMs;
+  };
+
+  async function acquire(
+    scope: string,
+    instanceIds: string[],
+    opts: CallOptions & { owner: string },
+  ): Promise<LeaseHandle> {
+    const local = await fallback.acquire(scope, instanceIds, opts);
+    if (!tryPrimary()) return combine(local, undefined);
+    try {
+      const shared = await primary.acquire(scope, instanceIds, opts);
+      setMode("primary");
+      return combine(local, shared);
+    } catch (e) {
+      if (isStoreDown(e)) {
+        degrade();
+        return combine(local, undefined);
+      }
+      await local.release();
+      throw e;
+    }
+  }
+
+  function combine(local: LeaseHandle, shared: LeaseHandle | undefined): LeaseHandle {
+    const lost = new AbortController();
+    const onLocalLost = () => lost.abort(local.lost.reason);
+    const onSharedLost = () => {
+      // Unreachable store: the local lease keeps guarding this replica. Anything else (another
+      // call took the instance in the shared store) is a real loss.
+      if (isStoreDown(shared?.lost.reason)) degrade();
+      else lost.abort(shared?.lost.reason);
+    };
+    if (local.lost.aborted) onLocalLost();
+    else local.lost.addEventListener("abort", onLocalLost, { once: true });
+    if (shared?.lost.aborted) onSharedLost();
+    else shared?.lost.addEventListener("abort", onSharedLost, { once: true });
+
+    let released: Promise<void> | undefined;
+    return {
+      fence: shared?.fence ?? local.fence,
+      lost: lost.signal,
+      release() {
+        released ??= (async () => {
+          local.lost.removeEventListener("abort", onLocalLost);
+          shared?.lost.removeEventListener("abort", onSharedLost);
+          // Shared first: the local lease keeps this replica's next caller out until both are gone.
+          await shared?.release().catch(() => undefined);
+          await local.release().catch(() => undefined);
+        })();
+        return released;
+      },
+    };
+  }
+
+  return {
+    acquire,
+    mode: () => mode,
+    async close() {
+      await Promise.all([primary.close(), fallback.close()]);
+    },
+  };
+}
