@@ -55,7 +55,12 @@ async function saturate(
       const t0 = Date.now();
       try {
         await acquire(i % replicas);
-      } catch {
+      } catch (e) {
+        // Refused (RATE_LIMITED at once when the turn cannot come before the deadline): come back
+        // after a short pause, as a remote client would. Retrying at once would spin on microtasks
+        // and starve this process's timers, the limiter's included.
+        const retryAfterMs = (e as { retryAfterMs?: number }).retryAfterMs ?? 50;
+        await new Promise((res) => setTimeout(res, Math.min(50, Math.max(1, retryAfterMs))));
         continue;
       }
       const now = Date.now();

@@ -73,7 +73,7 @@ const MAX_TIMER_MS = 2_147_483_647;
 /** Default booking horizon (`LimiterOptions.bookAheadMs`). */
 export const DEFAULT_BOOK_AHEAD_MS = 80;
 /** Slot spacing for several replica processes (`LimiterOptions.slotGapMs` of `createRedisLimiter`). */
-export const DEFAULT_SLOT_GAP_MS = 8;
+export const DEFAULT_SLOT_GAP_MS = 2;
 
 interface Waiter {
   tenant: string;
