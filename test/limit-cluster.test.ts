@@ -113,9 +113,9 @@ describe("three replicas, one Redis, one cloud", () => {
     // At 10 per 1040 ms (the limiter's span) the run must hold at least ~(span / 1040 + 1) rounds of 10.
     expect(times.length).toBeGreaterThanOrEqual(30);
     expect(times.length).toBeGreaterThanOrEqual(Math.floor((spanMs / 1040) * 10 * 0.9));
-    // G2 asks ≥ 9.5/s; the ideal is 10 per 1040 ms = 9.62/s. Here three gateways, the emulator and
-    // the callers share one event loop (seen: 9.52–9.53/s on 2 cores), so the bound leaves CI some
-    // room; `npm run bench:limit` measures G2 with separate processes (docs/benchmarks.md).
-    expect(runningRate).toBeGreaterThanOrEqual(9.3);
+    // G2 (≥ 9.5/s) is measured by `npm run bench:limit` (docs/benchmarks.md), not by a timed
+    // assertion that would flake on a loaded CI machine (seen here: 9.52–9.58/s). This bound only
+    // catches a limiter that leaves much of the budget unused (bottleneck's recipe does 2/s).
+    expect(runningRate).toBeGreaterThanOrEqual(8);
   });
 });

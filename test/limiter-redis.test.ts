@@ -95,7 +95,8 @@ describe("Redis limiter, several replicas sharing one Redis", () => {
     expect(times.length).toBeGreaterThanOrEqual(
       10 * (1 + Math.floor((DURATION - 50) / (1000 + MARGIN + 10))),
     );
-    expect(sustained).toBeGreaterThanOrEqual(9.5);
+    // Seen 9.58/s; the bound leaves a loaded CI machine room (G2 itself: `npm run bench:limit`).
+    expect(sustained).toBeGreaterThanOrEqual(9);
   });
 
   it("keeps a bucket's keys in one hash slot and lets them expire", async () => {
