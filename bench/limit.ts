@@ -40,7 +40,7 @@ import {
   startGatewayProcess,
 } from "./support/processes.js";
 
-const seconds = Number(process.argv[2] ?? 8);
+const seconds = Number(process.argv[2] ?? 20);
 if (!Number.isFinite(seconds) || seconds < 2 || seconds > 120) {
   console.error("usage: node --import tsx bench/limit.ts [seconds 2..120]");
   process.exit(2);
