@@ -7,7 +7,7 @@
  * The gateway reads a real policy file (KEYGATE_POLICY_FILE) laid out like a mounted Kubernetes
  * ConfigMap, so the last test can remove a tenant with the kubelet's `..data` symlink swap.
  */
-import { mkdirSync, mkdtempSync, renameSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
@@ -16,6 +16,7 @@ import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { ErrorDetailSchema, KeyPairService } from "../src/gen/keygate/v1/keygate_pb.js";
 import type { Emulator } from "../src/upstream/emulator/index.js";
 import { startEmulator, startGateway, type TestGateway } from "./support/app.js";
+import { ConfigMapVolume } from "./support/configmap-volume.js";
 import { sha256 } from "./support/policies.js";
 
 const TOKEN_A = "adv-token-team-a-7f3c9e21";
@@ -59,34 +60,6 @@ ${
 `
     : ""
 }`;
-}
-
-/**
- * A directory as the kubelet lays out a ConfigMap volume: `policy.yaml -> ..data/policy.yaml`,
- * `..data -> ..<timestamp>`; an update writes a new timestamped directory, points `..data_tmp`
- * at it and renames `..data_tmp` over `..data` (atomic), then deletes the old directory.
- */
-class ConfigMapVolume {
-  readonly path: string;
-  private version = 0;
-  private current: string | undefined;
-  constructor(
-    readonly dir: string,
-    readonly file = "policy.yaml",
-  ) {
-    this.path = join(dir, file);
-  }
-  publish(text: string): void {
-    this.version += 1;
-    const name = `..2025_01_01_00_00_${String(this.version).padStart(2, "0")}.${process.pid}`;
-    mkdirSync(join(this.dir, name));
-    writeFileSync(join(this.dir, name, this.file), text);
-    symlinkSync(name, join(this.dir, "..data_tmp"));
-    renameSync(join(this.dir, "..data_tmp"), join(this.dir, "..data"));
-    if (this.current === undefined) symlinkSync(join("..data", this.file), this.path);
-    else rmSync(join(this.dir, this.current), { recursive: true, force: true });
-    this.current = name;
-  }
 }
 
 let emulator: Emulator;

@@ -5,7 +5,7 @@
  * good one stays in force, `keygate_policy_reloads_total{result="rejected"}` counts it, the log
  * says why (without echoing a pasted token), and health stays SERVING.
  */
-import { mkdirSync, mkdtempSync, renameSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
@@ -15,6 +15,7 @@ import { Health, HealthCheckResponse_ServingStatus } from "../src/gen/health/v1/
 import { ErrorDetailSchema, KeyPairService } from "../src/gen/keygate/v1/keygate_pb.js";
 import type { Emulator } from "../src/upstream/emulator/index.js";
 import { startEmulator, startGateway, type TestGateway } from "./support/app.js";
+import { ConfigMapVolume } from "./support/configmap-volume.js";
 import { sha256 } from "./support/policies.js";
 
 const TOKEN_A = "reload-token-team-a-0b6f1d";
@@ -49,30 +50,6 @@ ${
 `
     : ""
 }`;
-}
-
-/** The kubelet's ConfigMap layout and atomic update (see security-adversarial.test.ts). */
-class ConfigMapVolume {
-  readonly path: string;
-  private version = 0;
-  private current: string | undefined;
-  constructor(
-    readonly dir: string,
-    readonly file = "policy.yaml",
-  ) {
-    this.path = join(dir, file);
-  }
-  publish(text: string): void {
-    this.version += 1;
-    const name = `..2025_01_01_00_00_${String(this.version).padStart(2, "0")}.${process.pid}`;
-    mkdirSync(join(this.dir, name));
-    writeFileSync(join(this.dir, name, this.file), text);
-    symlinkSync(name, join(this.dir, "..data_tmp"));
-    renameSync(join(this.dir, "..data_tmp"), join(this.dir, "..data"));
-    if (this.current === undefined) symlinkSync(join("..data", this.file), this.path);
-    else rmSync(join(this.dir, this.current), { recursive: true, force: true });
-    this.current = name;
-  }
 }
 
 async function metric(gw: TestGateway, name: string, labels: Record<string, string> = {}): Promise<number> {
