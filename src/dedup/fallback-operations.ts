@@ -2,7 +2,7 @@ import { type Clock, systemClock } from "../core/clock.js";
 import type { AssociateResult } from "../core/model.js";
 import type { CallOptions, OperationRun, Operations } from "../core/ports.js";
 import { abortError } from "../leases/call-wait.js";
-import { isStoreDown, type StoreMode } from "../leases/fallback-leases.js";
+import { createStoreMode, isStoreDown, type StoreMode } from "../store/store-mode.js";
 import { failureOutcome, settle, type Outcome } from "./outcome.js";
 
 export interface FallbackOperationsOptions {
@@ -42,8 +42,6 @@ export function createFallbackOperations(options: FallbackOperationsOptions): Fa
   const probeMs = options.probeMs ?? 500;
   const idempotencyTtlMs = options.idempotencyTtlMs ?? 24 * 3600_000;
   const primaryReady = options.primaryReady ?? (() => true);
-  let mode: StoreMode = "primary";
-  let failedAt = -Infinity;
   /** Executions running on this replica (through either store), by fingerprint. */
   const running = new Map<string, Promise<Outcome>>();
   /** Fingerprints with a local run in flight, and how many. */
@@ -51,26 +49,8 @@ export function createFallbackOperations(options: FallbackOperationsOptions): Fa
   /** Idempotency keys first used locally → when they stop being local. */
   const localKeys = new Map<string, number>();
 
-  const setMode = (m: StoreMode) => {
-    if (mode === m) return;
-    mode = m;
-    try {
-      options.onModeChange?.(m);
-    } catch {
-      /* an observer must not break the calls */
-    }
-  };
-  const degrade = () => {
-    failedAt = clock.now();
-    setMode("degraded");
-  };
-  const tryPrimary = (): boolean => {
-    if (!primaryReady()) {
-      degrade();
-      return false;
-    }
-    return mode === "primary" || clock.now() - failedAt >= probeMs;
-  };
+  const storeMode = createStoreMode({ clock, probeMs, primaryReady, onModeChange: options.onModeChange });
+  const { degrade, tryPrimary } = storeMode;
 
   const keyOf = (op: OperationRun) =>
     op.idempotency ? `${op.idempotency.tenant}\u0000${op.idempotency.key}` : undefined;
@@ -139,7 +119,7 @@ export function createFallbackOperations(options: FallbackOperationsOptions): Fa
     const started = { value: false };
     try {
       const result = await primary.run(tracked(op, started), opts);
-      setMode("primary");
+      storeMode.recovered();
       return result;
     } catch (e) {
       if (!isStoreDown(e) || started.value) throw e;
@@ -152,7 +132,7 @@ export function createFallbackOperations(options: FallbackOperationsOptions): Fa
 
   return {
     run,
-    mode: () => mode,
+    mode: storeMode.mode,
     async close() {
       await Promise.all([primary.close(), fallback.close()]);
     },

@@ -1,9 +1,8 @@
 import { type Clock, systemClock } from "../core/clock.js";
-import { isKeygateError } from "../core/errors.js";
 import type { CallOptions, LeaseHandle, Leases } from "../core/ports.js";
+import { createStoreMode, isStoreDown, type StoreMode } from "../store/store-mode.js";
 
-/** Which store decides right now: the shared one, or this replica's own memory. */
-export type StoreMode = "primary" | "degraded";
+export type { StoreMode };
 
 export interface FallbackLeasesOptions {
   /** Cluster-wide leases (Redis). */
@@ -22,8 +21,6 @@ export interface FallbackLeases extends Leases {
   mode(): StoreMode;
 }
 
-export const isStoreDown = (e: unknown) => isKeygateError(e) && e.reason === "STORE_UNAVAILABLE";
-
 /**
  * `KEYGATE_ON_STORE_DOWN=local-share` for leases. Every acquisition first takes the instances in
  * this replica's own leases, then (while the shared store works) in the shared ones too:
@@ -40,30 +37,9 @@ export function createFallbackLeases(options: FallbackLeasesOptions): FallbackLe
   const clock = options.clock ?? systemClock;
   const probeMs = options.probeMs ?? 500;
   const primaryReady = options.primaryReady ?? (() => true);
-  let mode: StoreMode = "primary";
-  let failedAt = -Infinity;
 
-  const setMode = (m: StoreMode) => {
-    if (mode === m) return;
-    mode = m;
-    try {
-      options.onModeChange?.(m);
-    } catch {
-      /* an observer must not break leasing */
-    }
-  };
-  const degrade = () => {
-    failedAt = clock.now();
-    setMode("degraded");
-  };
-  /** Whether to ask the shared store this time. */
-  const tryPrimary = (): boolean => {
-    if (!primaryReady()) {
-      degrade();
-      return false;
-    }
-    return mode === "primary" || clock.now() - failedAt >= probeMs;
-  };
+  const storeMode = createStoreMode({ clock, probeMs, primaryReady, onModeChange: options.onModeChange });
+  const { degrade, tryPrimary } = storeMode;
 
   async function acquire(
     scope: string,
@@ -74,7 +50,7 @@ export function createFallbackLeases(options: FallbackLeasesOptions): FallbackLe
     if (!tryPrimary()) return combine(local, undefined);
     try {
       const shared = await primary.acquire(scope, instanceIds, opts);
-      setMode("primary");
+      storeMode.recovered();
       return combine(local, shared);
     } catch (e) {
       if (isStoreDown(e)) {
@@ -119,7 +95,7 @@ export function createFallbackLeases(options: FallbackLeasesOptions): FallbackLe
 
   return {
     acquire,
-    mode: () => mode,
+    mode: storeMode.mode,
     async close() {
       await Promise.all([primary.close(), fallback.close()]);
     },

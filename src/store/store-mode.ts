@@ -1,0 +1,53 @@
+import type { Clock } from "../core/clock.js";
+import { isKeygateError } from "../core/errors.js";
+
+/** Which store decides right now: the shared one, or this replica's own memory. */
+export type StoreMode = "primary" | "degraded";
+
+/** The error a store gives while Redis is unreachable: the one failure a fallback may absorb. */
+export const isStoreDown = (e: unknown) => isKeygateError(e) && e.reason === "STORE_UNAVAILABLE";
+
+export interface StoreModeOptions {
+  clock: Clock;
+  /** After a failure, how long before the shared store is asked again. */
+  probeMs: number;
+  /** False while the Redis connection is not ready (skip it without waiting for an error). */
+  primaryReady: () => boolean;
+  onModeChange?: ((mode: StoreMode) => void) | undefined;
+}
+
+/**
+ * The mode switch shared by the local-share fallbacks (leases, operations): degrade on a store
+ * failure, ask the shared store again after `probeMs`, and tell an observer that must never
+ * break a call.
+ */
+export function createStoreMode(options: StoreModeOptions) {
+  let mode: StoreMode = "primary";
+  let failedAt = -Infinity;
+  const set = (m: StoreMode) => {
+    if (mode === m) return;
+    mode = m;
+    try {
+      options.onModeChange?.(m);
+    } catch {
+      /* an observer must not break the calls */
+    }
+  };
+  const degrade = () => {
+    failedAt = options.clock.now();
+    set("degraded");
+  };
+  return {
+    mode: () => mode,
+    recovered: () => set("primary"),
+    degrade,
+    /** Whether to ask the shared store this time. */
+    tryPrimary: (): boolean => {
+      if (!options.primaryReady()) {
+        degrade();
+        return false;
+      }
+      return mode === "primary" || options.clock.now() - failedAt >= options.probeMs;
+    },
+  };
+}
