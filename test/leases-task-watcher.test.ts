@@ -81,6 +81,56 @@ describe("task watcher", () => {
     expect(cloud.calls[2]).toEqual(["ins-00000001", "ins-00000002"]);
   });
 
+  it("concludes a task was replaced once the instance stays idle under another operation's record", async () => {
+    const clock = new FakeClock();
+    const cloud = fakeCloud();
+    // Our task ran and ended between two polls, and a later operation (someone in the console) too.
+    cloud.ops.set("ins-00000001", { requestId: "console-1", state: "SUCCESS" });
+    const w = watch(
+      createTaskWatcher({ describe: cloud.describe, clock, replacedAfterMs: 3_000 }).waitForTasks(
+        "ap-guangzhou",
+        ["ins-00000001"],
+        "req-1",
+        opts(),
+      ),
+    );
+    await clock.advance(0);
+    await clock.advance(2_500);
+    // Within the grace (DescribeInstances may still be lagging behind our call): keep waiting.
+    expect(w.done).toBe(false);
+    await clock.advance(1_000);
+    expect(w.value).toEqual([
+      {
+        instanceId: "ins-00000001",
+        state: "OPERATING",
+        message: expect.stringContaining("replaced this task's record") as unknown,
+      },
+    ]);
+  });
+
+  it("a foreign task that is still OPERATING restarts the grace", async () => {
+    const clock = new FakeClock();
+    const cloud = fakeCloud();
+    cloud.ops.set("ins-00000001", { requestId: "old", state: "SUCCESS" });
+    const w = watch(
+      createTaskWatcher({ describe: cloud.describe, clock, replacedAfterMs: 3_000 }).waitForTasks(
+        "ap-guangzhou",
+        ["ins-00000001"],
+        "req-1",
+        opts(),
+      ),
+    );
+    await clock.advance(0);
+    await clock.advance(2_000);
+    cloud.ops.set("ins-00000001", { requestId: "console-1", state: "OPERATING" });
+    await clock.advance(1_500);
+    cloud.ops.set("ins-00000001", { requestId: "console-1", state: "SUCCESS" });
+    await clock.advance(2_000);
+    expect(w.done).toBe(false);
+    await clock.advance(1_500);
+    expect(w.done).toBe(true);
+  });
+
   it("asks DescribeInstances in batches of at most 100 and stops polling finished instances", async () => {
     const clock = new FakeClock();
     const cloud = fakeCloud();

@@ -10,6 +10,12 @@ export interface TaskWatcherOptions {
   pollMs?: number;
   /** Upper bound of one watch: the cloud documents no task duration, so we pick one. */
   maxWaitMs?: number;
+  /**
+   * How long an instance must stay idle under another operation's record before the watch
+   * concludes ours was replaced (its outcome is then reported as not visible). Default
+   * max(5 s, 4 polls): longer than DescribeInstances takes to show a new task.
+   */
+  replacedAfterMs?: number;
 }
 
 /** DescribeInstances takes at most 100 ids per call. */
@@ -24,6 +30,7 @@ export function createTaskWatcher(options: TaskWatcherOptions): TaskWatcher {
   const { describe, clock } = options;
   const pollMs = options.pollMs ?? 500;
   const maxWaitMs = options.maxWaitMs ?? 120_000;
+  const replacedAfterMs = options.replacedAfterMs ?? Math.max(5_000, 4 * pollMs);
 
   /** One round of DescribeInstances over `ids`, in parallel batches; failures count as "not seen". */
   async function look(region: string, ids: string[], opts: CallOptions): Promise<Map<string, InstanceInfo>> {
@@ -60,9 +67,28 @@ export function createTaskWatcher(options: TaskWatcherOptions): TaskWatcher {
     async waitForTasks(region, instanceIds, requestId, opts) {
       const ids = [...new Set(instanceIds)];
       const finished = new Map<string, InstanceOutcome>();
+      /** When each instance was first seen idle under someone else's operation record. */
+      const foreignSince = new Map<string, number>();
       await poll(region, ids, opts, (info) => {
         const ours = info.latestOperationRequestId === requestId;
-        if (!ours || info.latestOperationState === "OPERATING") return false;
+        if (!ours) {
+          // Not ours yet (DescribeInstances may lag), or a later operation replaced our record. Once
+          // the instance has stayed idle under a foreign record for a while, nothing of ours runs.
+          if (info.latestOperationState === "OPERATING") {
+            foreignSince.delete(info.instanceId);
+            return false;
+          }
+          const since = foreignSince.get(info.instanceId) ?? clock.now();
+          foreignSince.set(info.instanceId, since);
+          if (clock.now() - since < replacedAfterMs) return false;
+          finished.set(info.instanceId, {
+            instanceId: info.instanceId,
+            state: "OPERATING",
+            message: `a later operation (${info.latestOperation ?? "unknown"}) replaced this task's record; its outcome is not visible`,
+          });
+          return true;
+        }
+        if (info.latestOperationState === "OPERATING") return false;
         const failed = info.latestOperationState === "FAILED";
         finished.set(info.instanceId, {
           instanceId: info.instanceId,
