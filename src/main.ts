@@ -355,11 +355,14 @@ function policyGate(current: () => Policy): PolicyGate {
   return {
     authenticate(cred) {
       const p = current();
+      // A bearer token, when sent, decides alone: an unknown token is refused even if the
+      // connection also has a valid client certificate (no silent fallback to another identity).
       const t =
-        authenticateBearer(p, cred.bearer) ??
-        (cred.uris || cred.dnsNames
-          ? authenticateIdentity(p, { spiffe: cred.uris ?? [], dns: cred.dnsNames ?? [] })
-          : undefined);
+        cred.bearer !== undefined
+          ? authenticateBearer(p, cred.bearer)
+          : cred.uris || cred.dnsNames
+            ? authenticateIdentity(p, { spiffe: cred.uris ?? [], dns: cred.dnsNames ?? [] })
+            : undefined;
       return t ? { name: t.name, weight: t.weight } : undefined;
     },
     needsLookup(t, input) {

@@ -282,6 +282,14 @@ describe.each(PROTOCOLS)("over TLS with %s", (protocol) => {
     expect(associateArrivals()).toHaveLength(0);
   });
 
+  it("an unknown bearer token is refused even with a valid client certificate (no fallback)", async () => {
+    const r = await attempt(protocol, clients.spiffeA, teamARequest(), {
+      authorization: "Bearer not-a-known-token-0123456789",
+    });
+    expect(r).toMatchObject({ ok: false, code: Code.Unauthenticated, reason: "UNAUTHENTICATED" });
+    expect(associateArrivals()).toHaveLength(0);
+  });
+
   it("a bearer token still works over TLS, with or without a certificate", async () => {
     const auth = { authorization: `Bearer ${TOKEN_B}` };
     const noCert = await attempt(
