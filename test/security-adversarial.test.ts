@@ -195,6 +195,8 @@ async function expectPolicyDenied(
   expect(err.code).toBe(Code.PermissionDenied);
   expect(reason).toBe("POLICY_DENIED");
   expect(err.rawMessage).toMatch(messageShape);
+  // SPEC: the message names the rule.
+  expect(err.rawMessage.endsWith(`(policy rule: ${rule})`)).toBe(true);
   for (const id of offending) expect(err.rawMessage).toContain(id);
   expectNothingForeign(err.rawMessage, req);
   expect(audit).toMatchObject({ decision: "denied", rule, reason: "POLICY_DENIED" });
@@ -237,8 +239,12 @@ describe("outside the tenant's policy → PERMISSION_DENIED, nothing upstream", 
       keyIds: ["skey-aaaaaaaa"],
     };
     const { err } = await refused(req, bearer(TOKEN_A));
-    expect(err.rawMessage).toBe("instances not allowed for this tenant: ins-gz000003");
-    await expectPolicyDenied(req, TOKEN_A, "instances", /ins-gz000003$/, ["ins-gz000003"]);
+    expect(err.rawMessage).toBe(
+      "instances not allowed for this tenant: ins-gz000003 (policy rule: instances)",
+    );
+    await expectPolicyDenied(req, TOKEN_A, "instances", /ins-gz000003 \(policy rule: instances\)$/, [
+      "ins-gz000003",
+    ]);
   });
 
   it("a key pair outside the tenant's list", async () => {
@@ -247,9 +253,13 @@ describe("outside the tenant's policy → PERMISSION_DENIED, nothing upstream", 
       instanceIds: ["ins-gz000001"],
       keyIds: ["skey-aaaaaaaa", "skey-bbbbbbbb"],
     };
-    await expectPolicyDenied(req, TOKEN_A, "keys", /^key pairs not allowed.*skey-bbbbbbbb$/, [
-      "skey-bbbbbbbb",
-    ]);
+    await expectPolicyDenied(
+      req,
+      TOKEN_A,
+      "keys",
+      /^key pairs not allowed.*skey-bbbbbbbb \(policy rule: keys\)$/,
+      ["skey-bbbbbbbb"],
+    );
   });
 
   it("a region the tenant may not use", async () => {

@@ -152,7 +152,7 @@ export function createAssociateService(opts: AssociateServiceOptions) {
     const decision = policy.decide(tenant, input, found);
     if (!decision.allowed) {
       entry.rule = decision.rule;
-      throw keygateError("POLICY_DENIED", decision.message);
+      throw keygateError("POLICY_DENIED", `${decision.message} (policy rule: ${decision.rule})`);
     }
   }
 
