@@ -132,6 +132,7 @@ export async function createApp(opts: AppOptions) {
     credential,
     reqTimeoutMs: settings.upstreamTimeoutMs,
   });
+  closers.push(() => Promise.resolve(upstream.close()));
   const identity = await credentialIdentity(credential);
   const scope = `${identity}:${settings.endpoint}`;
   const associateBucket: BucketSpec = {
