@@ -9,7 +9,7 @@ export interface Settings {
   redisUrl: string | undefined;
   credentials:
     | { kind: "static"; secretId: string; secretKey: string; token: string | undefined }
-    | { kind: "oidc" }
+    | { kind: "oidc"; roleArn: string | undefined }
     | { kind: "none" };
   endpoint: string;
   upstreamUrl: string | undefined;
@@ -86,7 +86,7 @@ export function loadSettings(env: Env, mode: "serve" | "dev" = "serve"): Setting
   const credKind = str("KEYGATE_CREDENTIALS", "env");
   let credentials: Settings["credentials"] = { kind: "none" };
   if (credKind === "oidc") {
-    credentials = { kind: "oidc" };
+    credentials = { kind: "oidc", roleArn: str("TKE_ROLE_ARN") };
     for (const v of ["TKE_REGION", "TKE_PROVIDER_ID", "TKE_WEB_IDENTITY_TOKEN_FILE", "TKE_ROLE_ARN"]) {
       if (str(v) === undefined) problems.push(`KEYGATE_CREDENTIALS=oidc needs ${v} (TKE workload identity)`);
     }

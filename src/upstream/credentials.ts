@@ -84,7 +84,7 @@ export function createCredentialProvider(settings: CredentialSettings): Credenti
       };
     }
     case "oidc": {
-      const role = settings.roleArn ?? process.env.TKE_ROLE_ARN;
+      const role = settings.roleArn;
       return retryingCredential(
         () => new common.OIDCRoleArnCredential(),
         role === undefined ? undefined : secretIdentity(`role:${role}`),
