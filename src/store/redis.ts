@@ -83,6 +83,14 @@ export interface CreateRedisOptions {
  * outage becomes STORE_UNAVAILABLE at once instead of piling up waiters; reconnects forever.
  */
 export function createRedis(url: string, opts: CreateRedisOptions = {}): RedisClient {
+  const client = openClient(url, opts);
+  // Connection errors also fail the commands that meet them (STORE_UNAVAILABLE); without a
+  // listener ioredis would print each reconnect attempt to stderr. Owners add their own (main.ts logs).
+  client.on("error", () => undefined);
+  return client;
+}
+
+function openClient(url: string, opts: CreateRedisOptions): RedisClient {
   const parsed = parseRedisUrl(url);
   if (!parsed.ok) throw new Error(`KEYGATE_REDIS_URL ${parsed.error}`);
   const p = split(url);
