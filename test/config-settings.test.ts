@@ -90,3 +90,17 @@ describe("settings from the environment", () => {
     expect(problems({}, "dev")).toEqual([]);
   });
 });
+
+describe("the README's configuration table", () => {
+  it("names every variable the settings read", async () => {
+    const { readFileSync } = await import("node:fs");
+    const source = readFileSync(new URL("../src/config/settings.ts", import.meta.url), "utf8");
+    const readme = readFileSync(new URL("../README.md", import.meta.url), "utf8");
+    const table = readme.slice(readme.indexOf("## Configuration"), readme.indexOf("## Tenant policy"));
+    const names = [...new Set(source.match(/"(KEYGATE|TENCENTCLOUD|TKE)_[A-Z_]+"/g) ?? [])].map((n) =>
+      n.slice(1, -1),
+    );
+    expect(names.length).toBeGreaterThan(20);
+    for (const name of names) expect(table, name).toContain(name);
+  });
+});
