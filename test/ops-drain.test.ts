@@ -12,10 +12,10 @@ import { createGrpcTransport } from "@connectrpc/connect-node";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { Health, HealthCheckResponse_ServingStatus as Status } from "../src/gen/health/v1/health_pb.js";
 import { ErrorDetailSchema, KeyPairService } from "../src/gen/keygate/v1/keygate_pb.js";
-import { EMULATOR_SECRET_ID, EMULATOR_SECRET_KEY, type Emulator } from "../src/upstream/emulator/index.js";
+import type { Emulator } from "../src/upstream/emulator/index.js";
 import { startEmulator } from "./support/app.js";
 import { sha256 } from "./support/policies.js";
-import { cleanEnv, killStrays, pollUntil, spawnKeygate, waitListening } from "./support/process.js";
+import { killStrays, pollUntil, serveEnv, spawnKeygate, waitListening } from "./support/process.js";
 import { freePort } from "./support/redis-server.js";
 
 const TOKEN = "ops-drain-token-0123456789";
@@ -55,15 +55,9 @@ async function serve(extra: Record<string, string>) {
   const [port, metricsPort] = [await freePort(), await freePort()];
   const child = spawnKeygate(
     ["serve"],
-    cleanEnv({
-      KEYGATE_HOST: "127.0.0.1",
+    serveEnv(policyFile, emulator.url, {
       KEYGATE_PORT: String(port),
       KEYGATE_METRICS_PORT: String(metricsPort),
-      KEYGATE_POLICY_FILE: policyFile,
-      KEYGATE_UPSTREAM_URL: emulator.url,
-      TENCENTCLOUD_SECRET_ID: EMULATOR_SECRET_ID,
-      TENCENTCLOUD_SECRET_KEY: EMULATOR_SECRET_KEY,
-      KEYGATE_TASK_POLL_MS: "100",
       ...extra,
     }),
   );

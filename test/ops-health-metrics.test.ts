@@ -12,15 +12,15 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Health, HealthCheckResponse_ServingStatus as Status } from "../src/gen/health/v1/health_pb.js";
 import { KeyPairService } from "../src/gen/keygate/v1/keygate_pb.js";
 import { createMetrics } from "../src/observability/metrics.js";
-import { EMULATOR_SECRET_ID, EMULATOR_SECRET_KEY, type Emulator } from "../src/upstream/emulator/index.js";
+import { EMULATOR_SECRET_KEY, type Emulator } from "../src/upstream/emulator/index.js";
 import { startEmulator } from "./support/app.js";
 import { sha256 } from "./support/policies.js";
 import {
   type Child,
-  cleanEnv,
   killStrays,
   pollUntil,
   ROOT,
+  serveEnv,
   spawnKeygate,
   waitListening,
 } from "./support/process.js";
@@ -60,15 +60,9 @@ beforeAll(async () => {
   const [port, metricsPort] = [await freePort(), await freePort()];
   child = spawnKeygate(
     ["serve"],
-    cleanEnv({
-      KEYGATE_HOST: "127.0.0.1",
+    serveEnv(policyFile, emulator.url, {
       KEYGATE_PORT: String(port),
       KEYGATE_METRICS_PORT: String(metricsPort),
-      KEYGATE_POLICY_FILE: policyFile,
-      KEYGATE_UPSTREAM_URL: emulator.url,
-      TENCENTCLOUD_SECRET_ID: EMULATOR_SECRET_ID,
-      TENCENTCLOUD_SECRET_KEY: EMULATOR_SECRET_KEY,
-      KEYGATE_TASK_POLL_MS: "100",
       KEYGATE_DRAIN_MS: "3000",
     }),
   );

@@ -7,15 +7,15 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Redis } from "ioredis";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { EMULATOR_SECRET_ID, EMULATOR_SECRET_KEY, type Emulator } from "../src/upstream/emulator/index.js";
+import type { Emulator } from "../src/upstream/emulator/index.js";
 import { startEmulator } from "./support/app.js";
 import { startRedis } from "./support/redis-server.js";
 import { sha256 } from "./support/policies.js";
 import {
   type Child,
-  cleanEnv,
   killStrays,
   pollUntil,
+  serveEnv,
   spawnKeygate,
   waitListening,
 } from "./support/process.js";
@@ -36,19 +36,7 @@ beforeAll(async () => {
     policyFile,
     `tenants:\n  ops:\n    tokens_sha256: ["${sha256(TOKEN)}"]\n    regions: [ap-guangzhou]\n    instances: "*"\n    keys: "*"\n`,
   );
-  child = spawnKeygate(
-    ["serve"],
-    cleanEnv({
-      KEYGATE_HOST: "127.0.0.1",
-      KEYGATE_PORT: "0",
-      KEYGATE_METRICS_PORT: "0",
-      KEYGATE_POLICY_FILE: policyFile,
-      KEYGATE_UPSTREAM_URL: emulator.url,
-      TENCENTCLOUD_SECRET_ID: EMULATOR_SECRET_ID,
-      TENCENTCLOUD_SECRET_KEY: EMULATOR_SECRET_KEY,
-      KEYGATE_TASK_POLL_MS: "100",
-    }),
-  );
+  child = spawnKeygate(["serve"], serveEnv(policyFile, emulator.url));
   const { api } = await waitListening(child);
   url = `http://127.0.0.1:${api}/keygate.v1.KeyPairService/AssociateKeyPairs`;
 });
@@ -131,15 +119,8 @@ describe("a background task-watch warning", () => {
       const policyFile = join(dir, "policy.yaml");
       bg = spawnKeygate(
         ["serve"],
-        cleanEnv({
-          KEYGATE_HOST: "127.0.0.1",
-          KEYGATE_PORT: "0",
-          KEYGATE_METRICS_PORT: "0",
-          KEYGATE_POLICY_FILE: policyFile,
+        serveEnv(policyFile, slowCloud.url, {
           KEYGATE_REDIS_URL: redis.url,
-          KEYGATE_UPSTREAM_URL: slowCloud.url,
-          TENCENTCLOUD_SECRET_ID: EMULATOR_SECRET_ID,
-          TENCENTCLOUD_SECRET_KEY: EMULATOR_SECRET_KEY,
           KEYGATE_TASK_POLL_MS: "200",
           KEYGATE_DRAIN_MS: "1000",
         }),

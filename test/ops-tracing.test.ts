@@ -13,10 +13,10 @@ import { createGrpcTransport } from "@connectrpc/connect-node";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { KeyPairService } from "../src/gen/keygate/v1/keygate_pb.js";
 import { startTracing } from "../src/observability/tracing.js";
-import { EMULATOR_SECRET_ID, EMULATOR_SECRET_KEY, type Emulator } from "../src/upstream/emulator/index.js";
+import type { Emulator } from "../src/upstream/emulator/index.js";
 import { startEmulator } from "./support/app.js";
 import { sha256 } from "./support/policies.js";
-import { cleanEnv, killStrays, pollUntil, spawnChild, waitListening } from "./support/process.js";
+import { killStrays, pollUntil, serveEnv, spawnChild, waitListening } from "./support/process.js";
 
 const TOKEN = "ops-tracing-token-0123456789";
 
@@ -80,15 +80,7 @@ async function serve(otel: Record<string, string>) {
   const child = spawnChild(
     process.execPath,
     ["--import", "tsx", "--import", hookRegister, "src/cli/main.ts", "serve"],
-    cleanEnv({
-      KEYGATE_HOST: "127.0.0.1",
-      KEYGATE_PORT: "0",
-      KEYGATE_METRICS_PORT: "0",
-      KEYGATE_POLICY_FILE: policyFile,
-      KEYGATE_UPSTREAM_URL: emulator.url,
-      TENCENTCLOUD_SECRET_ID: EMULATOR_SECRET_ID,
-      TENCENTCLOUD_SECRET_KEY: EMULATOR_SECRET_KEY,
-      KEYGATE_TASK_POLL_MS: "100",
+    serveEnv(policyFile, emulator.url, {
       KEYGATE_DRAIN_MS: "2000",
       KEYGATE_TEST_SDK_LOG: sdkLog,
       ...otel,

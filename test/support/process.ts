@@ -1,5 +1,6 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { fileURLToPath } from "node:url";
+import { EMULATOR_SECRET_ID, EMULATOR_SECRET_KEY } from "../../src/upstream/emulator/index.js";
 
 /** The project root: child processes run from here, as a user's `npx keygate` would. */
 export const ROOT = fileURLToPath(new URL("../..", import.meta.url));
@@ -16,6 +17,28 @@ export function cleanEnv(extra: Record<string, string> = {}): Record<string, str
     out[k] = v;
   }
   return { ...out, ...extra };
+}
+
+/**
+ * The environment of a `keygate serve` child wired to an emulator on loopback: free ports
+ * unless `extra` names them, the emulator's credentials, fast task polling.
+ */
+export function serveEnv(
+  policyFile: string,
+  upstreamUrl: string,
+  extra: Record<string, string> = {},
+): Record<string, string> {
+  return cleanEnv({
+    KEYGATE_HOST: "127.0.0.1",
+    KEYGATE_PORT: "0",
+    KEYGATE_METRICS_PORT: "0",
+    KEYGATE_POLICY_FILE: policyFile,
+    KEYGATE_UPSTREAM_URL: upstreamUrl,
+    TENCENTCLOUD_SECRET_ID: EMULATOR_SECRET_ID,
+    TENCENTCLOUD_SECRET_KEY: EMULATOR_SECRET_KEY,
+    KEYGATE_TASK_POLL_MS: "100",
+    ...extra,
+  });
 }
 
 export interface Exit {
