@@ -195,7 +195,7 @@ async function expectPolicyDenied(
   expect(err.code).toBe(Code.PermissionDenied);
   expect(reason).toBe("POLICY_DENIED");
   expect(err.rawMessage).toMatch(messageShape);
-  // SPEC: the message names the rule.
+  // The message names the rule (README, Tenant policy).
   expect(err.rawMessage.endsWith(`(policy rule: ${rule})`)).toBe(true);
   for (const id of offending) expect(err.rawMessage).toContain(id);
   expectNothingForeign(err.rawMessage, req);

@@ -1,5 +1,5 @@
 /**
- * Product regions where AssociateInstancesKeyPairs exists (upstream-facts.md). The policy loader
+ * Product regions where AssociateInstancesKeyPairs exists (docs/upstream-facts.md). The policy loader
  * rejects any other region, and the API validation layer answers `UnsupportedRegion` for them
  * before a token is spent, so both read this one list.
  */

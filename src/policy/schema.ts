@@ -1,5 +1,5 @@
 /**
- * The policy file's shape (SPEC.md "Tenant policy"), as a zod schema. Every object is strict:
+ * The policy file's shape (the README, "Tenant policy"), as a zod schema. Every object is strict:
  * a misspelt field (`force-stop`, `instance`) must fail loudly, not silently fall back to a
  * default, because a silently ignored restriction is a widened permission.
  *
