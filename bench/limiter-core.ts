@@ -6,7 +6,7 @@
  */
 import { setMaxListeners } from "node:events";
 import Bottleneck from "bottleneck";
-import { createRedisLimiter } from "../src/limiter/redis-limiter.js";
+import { limiterOn, redisBackend } from "../src/backends.js";
 import { maxInAnyWindow } from "../src/limiter/window.js";
 import { createRedis, type RedisClient } from "../src/store/redis.js";
 import { startRedis } from "../test/support/redis-server.js";
@@ -77,7 +77,7 @@ async function saturate(
 async function benchKeygate(url: string, replicas: number, durationMs: number): Promise<void> {
   const clients = await Promise.all(Array.from({ length: replicas }, () => ready(createRedis(url))));
   const limiters = clients.map((client) =>
-    createRedisLimiter({ client, keyPrefix: `bench${replicas}`, coldHoldOff: false }),
+    limiterOn(redisBackend(client), { keyPrefix: `bench${replicas}`, coldHoldOff: false }),
   );
   const bucket = { key: `bench-${replicas}`, limit: 10, windowMs: 1000 };
   const r = await saturate(

@@ -7,29 +7,22 @@ import type { AddressInfo } from "node:net";
 import { createApiServer } from "./api/server.js";
 import { createHealth } from "./api/health.js";
 import { createKeyPairServiceImpl } from "./api/keypair-service.js";
+import { createStoreBackends } from "./backends.js";
 import type { Settings } from "./config/settings.js";
+import { ASSOCIATE_ACTION, bucketsOf, DESCRIBE_ACTION } from "./core/actions.js";
 import { createAssociateService } from "./core/associate-service.js";
 import { type Clock, systemClock } from "./core/clock.js";
-import type { BucketSpec, CallOptions, PolicyGate, Tenant } from "./core/ports.js";
-import { createFallbackOperations } from "./dedup/fallback-operations.js";
-import { createMemoryOperations } from "./dedup/memory-operations.js";
-import { createRedisOperations } from "./dedup/redis-operations.js";
-import { createFallbackLeases } from "./leases/fallback-leases.js";
-import { createMemoryLeases } from "./leases/memory-leases.js";
-import { createRedisLeases } from "./leases/redis-leases.js";
 import { createTaskWatcher } from "./leases/task-watcher.js";
-import { createFallbackLimiter } from "./limiter/degraded-limiter.js";
-import { createMemoryLimiter, createRedisLimiter, type Limiter } from "./limiter/index.js";
 import { createAuditSink } from "./observability/audit.js";
 import type { Logger } from "./observability/logger.js";
-import { createMetrics } from "./observability/metrics.js";
+import { createMetrics, limiterMetrics } from "./observability/metrics.js";
 import { createMetricsServer } from "./observability/metrics-server.js";
-import { authenticateBearer, authenticateIdentity } from "./policy/authenticate.js";
-import { decide, needsLookup } from "./policy/decide.js";
+import { createPolicyGate } from "./policy/gate.js";
 import { createInstanceCache } from "./policy/instance-cache.js";
-import type { Policy } from "./policy/policy.js";
 import { createPolicySource, createStaticPolicySource } from "./policy/source.js";
-import { createRedis, redact, type RedisClient } from "./store/redis.js";
+import { createRedis } from "./store/redis.js";
+import { waitForRedis, watchRedisHealth } from "./store/redis-health.js";
+import { createMeteredDescribe } from "./upstream/metered-describe.js";
 import {
   createCredentialProvider,
   credentialIdentity,
@@ -45,9 +38,6 @@ export interface AppOptions {
   /** Registers default process metrics (off in tests that start several apps in one process). */
   defaultMetrics?: boolean;
 }
-
-export const ASSOCIATE_ACTION = "AssociateInstancesKeyPairs";
-export const DESCRIBE_ACTION = "DescribeInstances";
 
 export async function createApp(opts: AppOptions) {
   const { settings, logger } = opts;
@@ -82,44 +72,23 @@ export async function createApp(opts: AppOptions) {
   closers.push(() => policySource.close());
 
   // --- store ---------------------------------------------------------------------------------
-  let redis: RedisClient | undefined;
-  if (settings.redisUrl) {
-    redis = createRedis(settings.redisUrl, { connectionName: `keygate:${owner}` });
-    const client = redis;
-    // local-share: Redis is not a readiness component; an outage is a degraded mode, logged and gauged.
-    let degraded: boolean | undefined;
-    const redisUp = (up: boolean) => {
-      if (settings.onStoreDown !== "local-share") return health.set("redis", up);
-      if (degraded === !up) return;
-      if (!up && degraded === false)
-        logger.warn("redis unreachable: local-share mode, this replica limits, leases and dedups on its own");
-      degraded = !up;
-      metrics.storeDegraded.set(up ? 0 : 1);
-    };
-    redisUp(false);
-    client.on("ready", () => {
-      redisUp(true);
-      logger.info({ redis: redact(settings.redisUrl ?? "") }, "redis connected");
+  const redisUrl = settings.redisUrl;
+  const redis = redisUrl ? createRedis(redisUrl, { connectionName: `keygate:${owner}` }) : undefined;
+  if (redis && redisUrl) {
+    const watched = { client: redis, url: redisUrl, onStoreDown: settings.onStoreDown, clock, logger };
+    watchRedisHealth({
+      ...watched,
+      setReady: (up) => health.set("redis", up),
+      setLocalShare: (active) => metrics.storeDegraded.set(active ? 1 : 0),
+      onError: (err) => {
+        metrics.redisErrors.inc();
+        logger.warn({ err: err.message }, "redis error");
+      },
     });
-    client.on("error", (err: Error) => {
-      metrics.redisErrors.inc();
-      logger.warn({ err: err.message }, "redis error");
-    });
-    client.on("end", () => redisUp(false));
-    client.on("close", () => redisUp(false));
     closers.push(async () => {
-      await client.quit().catch(() => client.disconnect());
+      await redis.quit().catch(() => redis.disconnect());
     });
-    // Commands fail fast while disconnected (no offline queue), so give the first connection a
-    // moment; if Redis is still down we start anyway, NOT_SERVING, and recover when it returns.
-    await waitReady(client, clock, 5_000).catch(() =>
-      logger.error(
-        { redis: redact(settings.redisUrl ?? "") },
-        settings.onStoreDown === "local-share"
-          ? "redis is not reachable yet; local-share: this replica works on its own until it is"
-          : "redis is not reachable yet; answering STORE_UNAVAILABLE until it is",
-      ),
-    );
+    await waitForRedis(watched, 5_000);
   } else {
     logger.warn("KEYGATE_REDIS_URL is not set: in-memory store, safe for ONE replica only");
   }
@@ -133,124 +102,55 @@ export async function createApp(opts: AppOptions) {
     reqTimeoutMs: settings.upstreamTimeoutMs,
   });
   closers.push(() => Promise.resolve(upstream.close()));
-  const identity = await credentialIdentity(credential);
-  const scope = `${identity}:${settings.endpoint}`;
-  const associateBucket: BucketSpec = {
-    key: `${scope}:${ASSOCIATE_ACTION}`,
-    limit: settings.rateLimit,
-    windowMs: 1000,
-  };
-  const describeBucket: BucketSpec = {
-    key: `${scope}:${DESCRIBE_ACTION}`,
-    limit: settings.describeRateLimit,
-    windowMs: 1000,
-  };
+  const scope = `${await credentialIdentity(credential)}:${settings.endpoint}`;
+  const buckets = bucketsOf(scope, { associate: settings.rateLimit, describe: settings.describeRateLimit });
 
-  // --- limiter -------------------------------------------------------------------------------
-  const actionOf = (bucketKey: string) =>
-    bucketKey.endsWith(DESCRIBE_ACTION) ? DESCRIBE_ACTION : ASSOCIATE_ACTION;
-  const limiterOptions = {
+  // --- limiter, leases, coalescing/idempotency -------------------------------------------------
+  const { limiter, leases, operations } = createStoreBackends({
+    redis,
+    onStoreDown: settings.onStoreDown,
+    replicas: settings.replicas,
     clock,
-    marginMs: settings.rateMarginMs,
-    maxWaitMs: settings.maxWaitMs,
-    maxQueue: settings.maxQueue,
-    hooks: {
-      onGrant: (bucket: string, _tenant: string, waitedMs: number) => {
-        metrics.tokensGranted.inc({ action: actionOf(bucket) });
-        metrics.limiterWait.observe({ action: actionOf(bucket) }, waitedMs / 1000);
-      },
-      onReject: (reason: string, _bucket: string, tenant: string) => {
-        if (reason === "deadline" || reason === "queue_full") metrics.limiterRejected.inc({ tenant });
-      },
-      onStoreError: () => metrics.redisErrors.inc(),
-      onWastedGrant: (bucket: string, reason: "late" | "no_waiter") =>
-        metrics.limiterWastedGrants.inc({ action: actionOf(bucket), reason }),
+    limiter: {
+      marginMs: settings.rateMarginMs,
+      maxWaitMs: settings.maxWaitMs,
+      maxQueue: settings.maxQueue,
+      hooks: limiterMetrics(metrics),
     },
-  };
-  const redisForLimiter = redis;
-  const limiter: Limiter = !redisForLimiter
-    ? createMemoryLimiter(limiterOptions)
-    : settings.onStoreDown === "local-share"
-      ? createFallbackLimiter({
-          primary: createRedisLimiter({ ...limiterOptions, client: redisForLimiter }),
-          createFallback: () => createMemoryLimiter(limiterOptions),
-          replicas: settings.replicas,
-          primaryReady: () => redisForLimiter.status === "ready",
-          clock,
-          marginMs: settings.rateMarginMs,
-          onModeChange: (mode) =>
-            logger.warn({ mode }, "rate limiter mode changed (KEYGATE_ON_STORE_DOWN=local-share)"),
-        })
-      : createRedisLimiter({ ...limiterOptions, client: redisForLimiter });
+    onModeChange: (part, mode) =>
+      logger.warn({ mode }, `${part} mode changed (KEYGATE_ON_STORE_DOWN=local-share)`),
+  });
   metrics.onCollect(() => {
-    metrics.limiterQueueDepth.set({ action: ASSOCIATE_ACTION }, limiter.queueDepth(associateBucket.key));
-    metrics.limiterQueueDepth.set({ action: DESCRIBE_ACTION }, limiter.queueDepth(describeBucket.key));
+    metrics.limiterQueueDepth.set({ action: ASSOCIATE_ACTION }, limiter.queueDepth(buckets.associate.key));
+    metrics.limiterQueueDepth.set({ action: DESCRIBE_ACTION }, limiter.queueDepth(buckets.describe.key));
   });
-
-  /** DescribeInstances through its own cluster-wide 40/s bucket (policy lookups and task polling share it). */
-  const describe = async (region: string, ids: string[], call: CallOptions) => {
-    await limiter.acquire({ bucket: describeBucket, tenant: "keygate", weight: 1, ...call });
-    const t0 = clock.now();
-    try {
-      const r = await upstream.describeInstances(region, ids, call);
-      metrics.upstreamCalls.inc({ action: DESCRIBE_ACTION, code: "OK" });
-      return r.instances;
-    } catch (err) {
-      const code =
-        (err as { upstreamCode?: string; reason?: string }).upstreamCode ??
-        (err as { reason?: string }).reason;
-      metrics.upstreamCalls.inc({ action: DESCRIBE_ACTION, code: code ?? "UNKNOWN" });
-      throw err;
-    } finally {
-      metrics.upstreamDuration.observe({ action: DESCRIBE_ACTION }, (clock.now() - t0) / 1000);
-    }
-  };
-
-  // --- leases, coalescing, task watch ---------------------------------------------------------
-  const localShare = redis && settings.onStoreDown === "local-share" ? redis : undefined;
-  const onStoreMode = (what: string) => (mode: string) =>
-    logger.warn({ mode }, `${what} mode changed (KEYGATE_ON_STORE_DOWN=local-share)`);
-  const leases = localShare
-    ? createFallbackLeases({
-        primary: createRedisLeases({ client: localShare, clock }),
-        fallback: createMemoryLeases({ clock }),
-        primaryReady: () => localShare.status === "ready",
-        clock,
-        onModeChange: onStoreMode("leases"),
-      })
-    : redis
-      ? createRedisLeases({ client: redis, clock })
-      : createMemoryLeases({ clock });
-  const operations = localShare
-    ? createFallbackOperations({
-        primary: createRedisOperations({ client: localShare, clock }),
-        fallback: createMemoryOperations({ clock }),
-        primaryReady: () => localShare.status === "ready",
-        clock,
-        onModeChange: onStoreMode("coalescing/idempotency"),
-      })
-    : redis
-      ? createRedisOperations({ client: redis, clock })
-      : createMemoryOperations({ clock });
-  const tasks = createTaskWatcher({
-    describe,
+  const describe = createMeteredDescribe({
+    upstream,
+    limiter,
+    bucket: buckets.describe,
     clock,
-    pollMs: settings.taskPollMs,
-    maxWaitMs: settings.taskMaxWaitMs,
+    onCall: (code, seconds) => {
+      metrics.upstreamCalls.inc({ action: DESCRIBE_ACTION, code });
+      metrics.upstreamDuration.observe({ action: DESCRIBE_ACTION }, seconds);
+    },
   });
-  const lookup = createInstanceCache({ describe, clock });
 
-  const gate = policyGate(() => policySource.current());
+  // --- the request path ----------------------------------------------------------------------
   const service = createAssociateService({
     clock,
     upstream,
     limiter,
     leases,
     operations,
-    policy: gate,
-    lookup,
-    tasks,
-    bucket: associateBucket,
+    policy: createPolicyGate(() => policySource.current()),
+    lookup: createInstanceCache({ describe, clock }),
+    tasks: createTaskWatcher({
+      describe,
+      clock,
+      pollMs: settings.taskPollMs,
+      maxWaitMs: settings.taskMaxWaitMs,
+    }),
+    bucket: buckets.associate,
     scope,
     owner,
     taskMaxWaitMs: settings.taskMaxWaitMs,
@@ -348,48 +248,6 @@ export type App = Awaited<ReturnType<typeof createApp>>;
 /** A start-up problem the CLI prints as is (no stack trace). */
 export class StartupError extends Error {
   override name = "StartupError";
-}
-
-/** Adapts the hot-reloaded policy to the orchestration's port. Each call reads the version in force. */
-function policyGate(current: () => Policy): PolicyGate {
-  const tenantOf = (t: Tenant) => current().tenants.get(t.name);
-  return {
-    authenticate(cred) {
-      const p = current();
-      // A bearer token, when sent, decides alone: an unknown token is refused even if the
-      // connection also has a valid client certificate (no silent fallback to another identity).
-      const t =
-        cred.bearer !== undefined
-          ? authenticateBearer(p, cred.bearer)
-          : cred.uris || cred.dnsNames
-            ? authenticateIdentity(p, { spiffe: cred.uris ?? [], dns: cred.dnsNames ?? [] })
-            : undefined;
-      return t ? { name: t.name, weight: t.weight } : undefined;
-    },
-    needsLookup(t, input) {
-      const tp = tenantOf(t);
-      return tp ? needsLookup(tp, input) : [];
-    },
-    decide(t, input, found) {
-      const tp = tenantOf(t);
-      if (!tp)
-        return {
-          allowed: false,
-          rule: "tenant",
-          message: "the tenant no longer exists in the policy",
-          offending: [],
-        };
-      return decide(tp, input, found);
-    },
-  };
-}
-
-async function waitReady(client: RedisClient, clock: Clock, ms: number): Promise<void> {
-  const until = clock.now() + ms;
-  while (client.status !== "ready") {
-    if (clock.now() > until) throw new Error("redis not ready");
-    await clock.sleep(20);
-  }
 }
 
 function errorText(err: unknown): string {

@@ -1,6 +1,6 @@
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
-import { fingerprintOf } from "../src/dedup/fingerprint.js";
+import { fingerprintOf } from "../src/core/fingerprint.js";
 import { decodeOutcome, encodeOutcome, failureOutcome, isDefinitive, settle } from "../src/dedup/outcome.js";
 import { KeygateError, keygateError } from "../src/core/errors.js";
 

@@ -2,7 +2,7 @@ import { createHash, randomUUID } from "node:crypto";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { systemClock } from "../src/core/clock.js";
 import { isKeygateError } from "../src/core/errors.js";
-import { createRedisOperations } from "../src/dedup/redis-operations.js";
+import { operationsOn, redisBackend } from "../src/backends.js";
 import { createRedis, type RedisClient } from "../src/store/redis.js";
 import { startRedis, type RedisProcess } from "./support/redis-server.js";
 
@@ -31,7 +31,7 @@ afterAll(async () => {
 describe("Redis operations", () => {
   it("keeps an idempotency record for 24 h and leaves no claim behind", async () => {
     const client = await connectedClient(redis.url);
-    const ops = createRedisOperations({ client, clock: systemClock });
+    const ops = operationsOn(redisBackend(client), { clock: systemClock });
     const fingerprint = randomUUID();
     const key = randomUUID();
     await ops.run({ fingerprint, idempotency: { tenant: "team-a", key }, execute: ok }, call());
@@ -46,7 +46,7 @@ describe("Redis operations", () => {
     const own = await startRedis();
     try {
       const client = await connectedClient(own.url);
-      const ops = createRedisOperations({ client, clock: systemClock });
+      const ops = operationsOn(redisBackend(client), { clock: systemClock });
       await own.kill();
       await new Promise<void>((resolve) =>
         client.status === "ready" ? client.once("close", () => resolve()) : resolve(),

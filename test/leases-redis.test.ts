@@ -2,7 +2,7 @@ import { randomUUID } from "node:crypto";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { systemClock } from "../src/core/clock.js";
 import { isKeygateError } from "../src/core/errors.js";
-import { createRedisLeases } from "../src/leases/redis-leases.js";
+import { leasesOn, redisBackend } from "../src/backends.js";
 import { createRedis, type RedisClient } from "../src/store/redis.js";
 import { startRedis, type RedisProcess } from "./support/redis-server.js";
 
@@ -30,7 +30,7 @@ afterAll(async () => {
 describe("Redis leases", () => {
   it("stores one key per instance under the scope's hash tag, with a TTL and our fenced token", async () => {
     const client = await connectedClient();
-    const leases = createRedisLeases({ client, clock: systemClock, ttlMs: 30_000 });
+    const leases = leasesOn(redisBackend(client), { clock: systemClock, ttlMs: 30_000 });
     const scope = randomUUID();
     const h = await leases.acquire(scope, ["ins-0000000b", "ins-0000000a", "ins-0000000a"], {
       ...call(),
@@ -49,13 +49,12 @@ describe("Redis leases", () => {
 
   it("a replica that crashed (connection gone) loses its leases by TTL; another replica takes over", async () => {
     const crashedClient = await connectedClient();
-    const crashed = createRedisLeases({
-      client: crashedClient,
+    const crashed = leasesOn(redisBackend(crashedClient), {
       clock: systemClock,
       ttlMs: 300,
       renewEveryMs: 100,
     });
-    const other = createRedisLeases({ client: await connectedClient(), clock: systemClock });
+    const other = leasesOn(redisBackend(await connectedClient()), { clock: systemClock });
     const scope = randomUUID();
     const stale = await crashed.acquire(scope, ["ins-00000001"], { ...call(), owner: "dead" });
     const lost = new Promise<unknown>((r) =>
@@ -77,7 +76,7 @@ describe("Redis leases", () => {
       client.on("error", () => undefined);
       clients.push(client);
       await new Promise<void>((resolve) => client.once("ready", () => resolve()));
-      const leases = createRedisLeases({ client, clock: systemClock });
+      const leases = leasesOn(redisBackend(client), { clock: systemClock });
       await own.kill();
       await new Promise<void>((resolve) =>
         client.status === "ready" ? client.once("close", () => resolve()) : resolve(),

@@ -8,8 +8,8 @@ import { setMaxListeners } from "node:events";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { maxIn1000, waitFor } from "../bench/support/fleet.js";
 import { isKeygateError } from "../src/core/errors.js";
-import { createFallbackLimiter, type FallbackMode } from "../src/limiter/degraded-limiter.js";
-import { createMemoryLimiter, createRedisLimiter } from "../src/limiter/index.js";
+import { createLocalShareLimiter, type LocalShareMode } from "../src/limiter/local-share-limiter.js";
+import { limiterOn, memoryBackend, redisBackend } from "../src/backends.js";
 import { createRedis, type RedisClient } from "../src/store/redis.js";
 import { startRedis, type RedisProcess } from "./support/redis-server.js";
 
@@ -32,10 +32,10 @@ async function replica(prefix: string, replicas: number) {
   clients.push(client);
   client.on("error", () => undefined);
   await waitFor(() => client.status === "ready", 5_000);
-  const modes: FallbackMode[] = [];
-  const limiter = createFallbackLimiter({
-    primary: createRedisLimiter({ client, keyPrefix: prefix }),
-    createFallback: () => createMemoryLimiter(),
+  const modes: LocalShareMode[] = [];
+  const limiter = createLocalShareLimiter({
+    primary: limiterOn(redisBackend(client), { keyPrefix: prefix }),
+    createLocal: () => limiterOn(memoryBackend),
     replicas,
     primaryReady: () => client.status === "ready",
     onModeChange: (m) => modes.push(m),
@@ -94,7 +94,7 @@ describe("local-share when Redis is down", () => {
     await waitFor(() => run.grants.flat().length >= 15, 10_000); // past the cold hold-off, saturated
     const killedAt = Date.now();
     await redis.kill();
-    await waitFor(() => reps.every((r) => r.limiter.mode() === "degraded"), 5_000);
+    await waitFor(() => reps.every((r) => r.limiter.mode() === "local-share"), 5_000);
     await new Promise((res) => setTimeout(res, 2_500));
     const restartedAt = Date.now();
     await redis.restart();
@@ -126,7 +126,7 @@ describe("local-share when Redis is down", () => {
     expect(maxIn1000(inOutage.flat())).toBeLessThanOrEqual(9);
     // Every replica went local and came back to Redis by itself.
     for (const r of reps) {
-      expect(r.modes).toContain("degraded");
+      expect(r.modes).toContain("local-share");
       expect(r.modes.at(-1)).toBe("primary");
     }
     expect(afterBack.length).toBeGreaterThan(0);
@@ -152,7 +152,7 @@ describe("local-share when Redis is down", () => {
     console.log(
       `limit-degraded: replicas=20 → ${g.length} grants in ${Date.now() - t0} ms, max in 1000 ms ${maxIn1000(g)}`,
     );
-    expect(rep.limiter.mode()).toBe("degraded");
+    expect(rep.limiter.mode()).toBe("local-share");
     expect(g.length).toBeGreaterThanOrEqual(1);
     expect(maxIn1000(g)).toBe(1);
     expect(g.filter((t) => t > penalizedAt + 50 && t < penalizedAt + 1_400)).toHaveLength(0);

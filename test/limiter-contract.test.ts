@@ -1,8 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { BucketSpec } from "../src/core/ports.js";
 import type { Limiter } from "../src/limiter/limiter.js";
-import { createMemoryLimiter } from "../src/limiter/memory-limiter.js";
-import { createRedisLimiter } from "../src/limiter/redis-limiter.js";
+import { limiterOn, memoryBackend, redisBackend } from "../src/backends.js";
 import { maxInAnyWindow } from "../src/limiter/window.js";
 import { createRedis, type RedisClient } from "../src/store/redis.js";
 import { startRedis, type RedisProcess } from "./support/redis-server.js";
@@ -123,7 +122,7 @@ export function describeLimiterContract(
 
 describeLimiterContract("memory", () => {
   // One process = one store: both "replicas" are the same limiter here.
-  const limiter = createMemoryLimiter({ marginMs: MARGIN, coldHoldOff: false });
+  const limiter = limiterOn(memoryBackend, { marginMs: MARGIN, coldHoldOff: false });
   return Promise.resolve({ limiter, other: limiter, close: () => limiter.close() });
 });
 
@@ -146,8 +145,8 @@ describeLimiterContract("redis", async () => {
   const a = await connected(createRedis(redis.url, { connectionName: "contract-a" }));
   const b = await connected(createRedis(redis.url, { connectionName: "contract-b" }));
   const opts = { marginMs: MARGIN, keyPrefix: `t${process.pid}`, coldHoldOff: false };
-  const limiter = createRedisLimiter({ client: a, ...opts });
-  const other = createRedisLimiter({ client: b, ...opts });
+  const limiter = limiterOn(redisBackend(a), opts);
+  const other = limiterOn(redisBackend(b), opts);
   return {
     limiter,
     other,

@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { isKeygateError } from "../src/core/errors.js";
 import type { BucketSpec } from "../src/core/ports.js";
-import { createRedisLimiter } from "../src/limiter/redis-limiter.js";
+import { limiterOn, redisBackend } from "../src/backends.js";
 import { maxInAnyWindow } from "../src/limiter/window.js";
 import { createRedis, type RedisClient } from "../src/store/redis.js";
 import { startRedis, type RedisProcess } from "./support/redis-server.js";
@@ -44,8 +44,7 @@ describe("Redis limiter, several replicas sharing one Redis", () => {
     );
     let wasted = 0;
     const limiters = clients.map((client) =>
-      createRedisLimiter({
-        client,
+      limiterOn(redisBackend(client), {
         keyPrefix: "sat",
         marginMs: MARGIN,
         coldHoldOff: false,
@@ -101,7 +100,7 @@ describe("Redis limiter, several replicas sharing one Redis", () => {
 
   it("keeps a bucket's keys in one hash slot and lets them expire", async () => {
     const client = await connected(createRedis(redis.url));
-    const limiter = createRedisLimiter({ client, keyPrefix: "ttl", coldHoldOff: false });
+    const limiter = limiterOn(redisBackend(client), { keyPrefix: "ttl", coldHoldOff: false });
     const bucket: BucketSpec = { key: "cred-2/ep/Associate", limit: 10, windowMs: 1000 };
     await limiter.acquire({ bucket, tenant: "t", weight: 1, signal: never });
     await limiter.penalize(bucket, 200);
@@ -121,7 +120,7 @@ describe("Redis limiter when Redis goes away", () => {
     const own = await startRedis();
     try {
       const client = await connected(createRedis(own.url, { connectionName: "outage" }));
-      const limiter = createRedisLimiter({ client, keyPrefix: "outage", marginMs: MARGIN });
+      const limiter = limiterOn(redisBackend(client), { keyPrefix: "outage", marginMs: MARGIN });
       const bucket: BucketSpec = { key: "cred-3/ep/Associate", limit: 10, windowMs: 1000 };
       const grants: number[] = [];
       const take = () =>

@@ -5,7 +5,8 @@ import { createLogger } from "../observability/logger.js";
 import { startTracing } from "../observability/tracing.js";
 import { tokenSha256Hex } from "../policy/authenticate.js";
 import { checkPolicyFile } from "../policy/check-command.js";
-import { createApp, type App } from "../main.js";
+import { createApp } from "../main.js";
+import { stopOnSignals } from "./signals.js";
 import { runDev } from "./dev.js";
 import { runEmulator } from "./emulator.js";
 
@@ -76,25 +77,4 @@ async function serve(env: Record<string, string | undefined>): Promise<number | 
   await app.start();
   stopOnSignals(app, logger, stopTracing);
   return "running";
-}
-
-/** SIGTERM/SIGINT: drain then exit 0; a second signal exits at once. */
-export function stopOnSignals(
-  app: Pick<App, "stop">,
-  logger: { info(o: object, m: string): void },
-  extra?: () => Promise<void>,
-): void {
-  let stopping = false;
-  const onSignal = (signal: NodeJS.Signals) => {
-    if (stopping) process.exit(1);
-    stopping = true;
-    logger.info({ signal }, "shutting down");
-    app
-      .stop()
-      .then(() => extra?.())
-      .then(() => process.exit(0))
-      .catch(() => process.exit(1));
-  };
-  process.on("SIGTERM", onSignal);
-  process.on("SIGINT", onSignal);
 }

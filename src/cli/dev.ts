@@ -3,7 +3,7 @@ import { createApp } from "../main.js";
 import { createLogger } from "../observability/logger.js";
 import { DEMO_POLICY_YAML, DEMO_TOKEN, DEMO_REQUEST } from "../policy/demo.js";
 import { createEmulator, EMULATOR_SECRET_ID, EMULATOR_SECRET_KEY } from "../upstream/emulator/index.js";
-import { stopOnSignals } from "./commands.js";
+import { stopOnSignals } from "./signals.js";
 
 /**
  * `keygate dev` (= `npm start`): the whole gateway with nothing to configure — in-memory

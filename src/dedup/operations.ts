@@ -3,7 +3,7 @@ import type { Clock } from "../core/clock.js";
 import { keygateError } from "../core/errors.js";
 import type { AssociateResult } from "../core/model.js";
 import type { CallOptions, OperationRun, Operations } from "../core/ports.js";
-import { backoffMs, guarded, pause, throwIfAborted } from "../leases/call-wait.js";
+import { backoffMs, guarded, pause, throwIfAborted } from "../core/call-wait.js";
 import { idempotencyKey, type OperationStore } from "./operation-store.js";
 import {
   decodeOutcome,

@@ -2,7 +2,7 @@ import { randomUUID } from "node:crypto";
 import type { Clock } from "../core/clock.js";
 import { keygateError } from "../core/errors.js";
 import type { CallOptions, LeaseHandle, Leases } from "../core/ports.js";
-import { backoffMs, guarded, pause, throwIfAborted } from "./call-wait.js";
+import { backoffMs, guarded, pause, throwIfAborted } from "../core/call-wait.js";
 import { leaseToken, type LeaseStore, type Waiter } from "./lease-store.js";
 
 export interface LeasesOptions {

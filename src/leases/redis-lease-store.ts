@@ -1,6 +1,6 @@
 import type { RedisClient } from "../store/redis.js";
 import { fenceKey, leaseKey, reservationKey, ticketOf, type LeaseStore } from "./lease-store.js";
-import { defineVariadicScript } from "./variadic-script.js";
+import { defineVariadicScript } from "../store/scripts.js";
 
 /** Leases in Redis, shared by every replica; each step is one Lua script (atomic, one slot). */
 export function createRedisLeaseStore(options: { client: RedisClient }): LeaseStore {

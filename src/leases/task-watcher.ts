@@ -1,7 +1,7 @@
 import type { Clock } from "../core/clock.js";
 import type { InstanceInfo, InstanceOutcome } from "../core/model.js";
 import type { CallOptions, TaskWatcher } from "../core/ports.js";
-import { pause, throwIfAborted } from "./call-wait.js";
+import { pause, throwIfAborted } from "../core/call-wait.js";
 
 export interface TaskWatcherOptions {
   /** DescribeInstances for ≤ 100 ids; the caller routes it through the shared 40/s bucket. */

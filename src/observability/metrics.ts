@@ -1,4 +1,6 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom-client";
+import { actionOfBucket } from "../core/actions.js";
+import type { LimiterHooks } from "../limiter/limiter.js";
 
 /**
  * Every keygate metric, prefix `keygate_`. Labels are bounded: tenant names come from the
@@ -112,3 +114,19 @@ export function createMetrics(opts: { defaultMetrics?: boolean } = {}) {
 }
 
 export type Metrics = ReturnType<typeof createMetrics>;
+
+/** The limiter's observer callbacks, counted into the metrics (the limiter knows nothing of prom-client). */
+export function limiterMetrics(metrics: Metrics): LimiterHooks {
+  return {
+    onGrant: (bucket, _tenant, waitedMs) => {
+      metrics.tokensGranted.inc({ action: actionOfBucket(bucket) });
+      metrics.limiterWait.observe({ action: actionOfBucket(bucket) }, waitedMs / 1000);
+    },
+    onReject: (reason, _bucket, tenant) => {
+      if (reason === "deadline" || reason === "queue_full") metrics.limiterRejected.inc({ tenant });
+    },
+    onStoreError: () => metrics.redisErrors.inc(),
+    onWastedGrant: (bucket, reason) =>
+      metrics.limiterWastedGrants.inc({ action: actionOfBucket(bucket), reason }),
+  };
+}

@@ -1,15 +1,15 @@
 import { type Clock, systemClock } from "../core/clock.js";
 import type { AssociateResult } from "../core/model.js";
 import type { CallOptions, OperationRun, Operations } from "../core/ports.js";
-import { abortError } from "../leases/call-wait.js";
-import { createStoreMode, isStoreDown, type StoreMode } from "../store/store-mode.js";
+import { abortError } from "../core/call-wait.js";
+import { createLocalShareMode, isStoreDown, type StoreMode } from "../store/local-share-mode.js";
 import { failureOutcome, settle, type Outcome } from "./outcome.js";
 
-export interface FallbackOperationsOptions {
+export interface LocalShareOperationsOptions {
   /** Cluster-wide coalescing and idempotency (Redis). */
   primary: Operations;
   /** This replica's own (in-memory). */
-  fallback: Operations;
+  own: Operations;
   /** False while the primary's store is known to be unreachable (e.g. ioredis `status !== "ready"`). */
   primaryReady?: () => boolean;
   clock?: Clock;
@@ -20,7 +20,7 @@ export interface FallbackOperationsOptions {
   onModeChange?: (mode: StoreMode) => void;
 }
 
-export interface FallbackOperations extends Operations {
+export interface LocalShareOperations extends Operations {
   mode(): StoreMode;
 }
 
@@ -36,8 +36,8 @@ export interface FallbackOperations extends Operations {
  * - Stickiness after the outage: an idempotency key first used locally stays answered locally
  *   (on this replica only) for its TTL, and a fingerprint still running locally is joined locally.
  */
-export function createFallbackOperations(options: FallbackOperationsOptions): FallbackOperations {
-  const { primary, fallback } = options;
+export function createLocalShareOperations(options: LocalShareOperationsOptions): LocalShareOperations {
+  const { primary, own } = options;
   const clock = options.clock ?? systemClock;
   const probeMs = options.probeMs ?? 500;
   const idempotencyTtlMs = options.idempotencyTtlMs ?? 24 * 3600_000;
@@ -49,8 +49,13 @@ export function createFallbackOperations(options: FallbackOperationsOptions): Fa
   /** Idempotency keys first used locally → when they stop being local. */
   const localKeys = new Map<string, number>();
 
-  const storeMode = createStoreMode({ clock, probeMs, primaryReady, onModeChange: options.onModeChange });
-  const { degrade, tryPrimary } = storeMode;
+  const storeMode = createLocalShareMode({
+    clock,
+    probeMs,
+    primaryReady,
+    onModeChange: options.onModeChange,
+  });
+  const { goLocal, tryPrimary } = storeMode;
 
   const keyOf = (op: OperationRun) =>
     op.idempotency ? `${op.idempotency.tenant}\u0000${op.idempotency.key}` : undefined;
@@ -91,7 +96,7 @@ export function createFallbackOperations(options: FallbackOperationsOptions): Fa
     if (key !== undefined) rememberLocalKey(key);
     localRuns.set(op.fingerprint, (localRuns.get(op.fingerprint) ?? 0) + 1);
     try {
-      return await fallback.run(tracked(op, { value: false }), opts);
+      return await own.run(tracked(op, { value: false }), opts);
     } finally {
       const n = (localRuns.get(op.fingerprint) ?? 1) - 1;
       if (n > 0) localRuns.set(op.fingerprint, n);
@@ -123,7 +128,7 @@ export function createFallbackOperations(options: FallbackOperationsOptions): Fa
       return result;
     } catch (e) {
       if (!isStoreDown(e) || started.value) throw e;
-      degrade();
+      goLocal();
       const inFlight = running.get(op.fingerprint);
       if (inFlight && !localRuns.has(op.fingerprint) && !isLocalKey(keyOf(op))) return join(inFlight, opts);
       return runLocal(op, opts);
@@ -134,7 +139,7 @@ export function createFallbackOperations(options: FallbackOperationsOptions): Fa
     run,
     mode: storeMode.mode,
     async close() {
-      await Promise.all([primary.close(), fallback.close()]);
+      await Promise.all([primary.close(), own.close()]);
     },
   };
 }

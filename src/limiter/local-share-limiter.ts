@@ -1,37 +1,36 @@
 import { type Clock, systemClock } from "../core/clock.js";
-import { isKeygateError, keygateError } from "../core/errors.js";
+import { keygateError } from "../core/errors.js";
 import type { AcquireRequest, BucketSpec } from "../core/ports.js";
 import type { Limiter, LimiterGrant } from "./limiter.js";
+import { isStoreDown } from "../store/local-share-mode.js";
 import { spanOf } from "./window.js";
 
 /** Which limiter decides right now. */
-export type FallbackMode = "primary" | "degraded" | "recovering";
+export type LocalShareMode = "primary" | "local-share" | "recovering";
 
-export interface FallbackLimiterOptions {
+export interface LocalShareLimiterOptions {
   /** The cluster-wide limiter (Redis). */
   primary: Limiter;
   /**
    * Makes a fresh local limiter (in-memory, cold hold-off on): one per outage, so it grants
    * nothing for one span after the switch (the primary's last grants may still be in the cloud's window).
    */
-  createFallback: () => Limiter;
-  /** Replicas sharing the limit: each gets floor(limit ÷ replicas), at least 1, while degraded. */
+  createLocal: () => Limiter;
+  /** Replicas sharing the limit: each gets floor(limit ÷ replicas), at least 1, while in local-share. */
   replicas: number;
   /** True when the primary's store is reachable again (e.g. ioredis `status === "ready"`). */
   primaryReady: () => boolean;
   clock?: Clock;
   /** The primary's margin, so the hand-back waits one full span. Default 40 ms. */
   marginMs?: number;
-  /** How often to re-check the primary while degraded. Default 500 ms. */
+  /** How often to re-check the primary while in local-share. Default 500 ms. */
   probeMs?: number;
-  onModeChange?: (mode: FallbackMode) => void;
+  onModeChange?: (mode: LocalShareMode) => void;
 }
 
-export interface FallbackLimiter extends Limiter {
-  mode(): FallbackMode;
+export interface LocalShareLimiter extends Limiter {
+  mode(): LocalShareMode;
 }
-
-const isStoreDown = (e: unknown) => isKeygateError(e) && e.reason === "STORE_UNAVAILABLE";
 
 /**
  * `KEYGATE_ON_STORE_DOWN=local-share`: uses the primary while it works; when it fails with
@@ -40,27 +39,27 @@ const isStoreDown = (e: unknown) => isKeygateError(e) && e.reason === "STORE_UNA
  * `KEYGATE_REPLICAS` is not lower than the real count.
  *
  * Switching is careful in both directions, so the two limiters never add up inside one window:
- * - into degraded: the fresh local limiter holds off one span (it cannot see the primary's last grants);
+ * - into local-share: the fresh local limiter holds off one span (it cannot see the primary's last grants);
  * - back to primary: once the store is ready again, no new local grant is given, and the primary is
  *   asked only when the local limiter is idle and its last grant has left the span. If the store lost
  *   its data, its own cold hold-off adds one more span.
  */
-export function createFallbackLimiter(options: FallbackLimiterOptions): FallbackLimiter {
-  const { primary, createFallback, primaryReady } = options;
+export function createLocalShareLimiter(options: LocalShareLimiterOptions): LocalShareLimiter {
+  const { primary, createLocal, primaryReady } = options;
   const clock = options.clock ?? systemClock;
   const replicas = Math.max(1, Math.floor(options.replicas));
   const marginMs = options.marginMs ?? 40;
   const probeMs = options.probeMs ?? 500;
-  let mode: FallbackMode = "primary";
-  let fallback: Limiter | undefined;
-  let degradedAt = 0;
+  let mode: LocalShareMode = "primary";
+  let localLimiter: Limiter | undefined;
+  let localSince = 0;
   /** Latest local grant and the longest span it occupies. */
   let lastLocalGrantAt = 0;
   let localSpan = spanOf(1000, marginMs);
   const retired: Promise<void>[] = [];
 
-  const currentMode = (): FallbackMode => mode;
-  const setMode = (m: FallbackMode) => {
+  const currentMode = (): LocalShareMode => mode;
+  const setMode = (m: LocalShareMode) => {
     if (mode === m) return;
     mode = m;
     try {
@@ -76,15 +75,15 @@ export function createFallbackLimiter(options: FallbackLimiterOptions): Fallback
   });
 
   const enterDegraded = () => {
-    if (mode === "degraded") return;
-    fallback ??= createFallback();
-    degradedAt = clock.now();
-    setMode("degraded");
+    if (mode === "local-share") return;
+    localLimiter ??= createLocal();
+    localSince = clock.now();
+    setMode("local-share");
   };
 
   const local = async (req: AcquireRequest): Promise<LimiterGrant> => {
-    fallback ??= createFallback();
-    const g = await fallback.acquire({ ...req, bucket: share(req.bucket) });
+    localLimiter ??= createLocal();
+    const g = await localLimiter.acquire({ ...req, bucket: share(req.bucket) });
     lastLocalGrantAt = Math.max(lastLocalGrantAt, clock.now());
     localSpan = Math.max(localSpan, spanOf(req.bucket.windowMs, marginMs));
     return g;
@@ -95,7 +94,7 @@ export function createFallbackLimiter(options: FallbackLimiterOptions): Fallback
     for (;;) {
       if (mode !== "recovering") return;
       const now = clock.now();
-      const busy = (fallback?.queueDepth() ?? 0) > 0;
+      const busy = (localLimiter?.queueDepth() ?? 0) > 0;
       const quietAt = lastLocalGrantAt + localSpan;
       if (!busy && now >= quietAt) return;
       const next = busy ? now + 20 : quietAt;
@@ -114,19 +113,20 @@ export function createFallbackLimiter(options: FallbackLimiterOptions): Fallback
     const g = await primary.acquire(req);
     if (mode === "recovering") {
       setMode("primary");
-      const old = fallback;
-      fallback = undefined;
+      const old = localLimiter;
+      localLimiter = undefined;
       if (old) retired.push(old.close());
     }
     return g;
   };
 
   const acquire = async (req: AcquireRequest): Promise<LimiterGrant> => {
-    if (mode === "degraded" && clock.now() - degradedAt >= probeMs && primaryReady()) setMode("recovering");
-    if (mode === "degraded") return local(req);
+    if (mode === "local-share" && clock.now() - localSince >= probeMs && primaryReady())
+      setMode("recovering");
+    if (mode === "local-share") return local(req);
     if (mode === "recovering") await waitLocalQuiet(req);
     // The mode may have changed while waiting (the primary failed again under another caller).
-    if (currentMode() === "degraded") return local(req);
+    if (currentMode() === "local-share") return local(req);
     try {
       return await viaPrimary(req);
     } catch (err) {
@@ -149,14 +149,14 @@ export function createFallbackLimiter(options: FallbackLimiterOptions): Fallback
           enterDegraded();
         }
       }
-      fallback ??= createFallback();
-      await fallback.penalize(share(bucket), ms);
+      localLimiter ??= createLocal();
+      await localLimiter.penalize(share(bucket), ms);
     },
     queueDepth(bucketKey?: string): number {
-      return primary.queueDepth(bucketKey) + (fallback?.queueDepth(bucketKey) ?? 0);
+      return primary.queueDepth(bucketKey) + (localLimiter?.queueDepth(bucketKey) ?? 0);
     },
     async close(): Promise<void> {
-      await Promise.all([primary.close(), fallback?.close(), ...retired]);
+      await Promise.all([primary.close(), localLimiter?.close(), ...retired]);
     },
   };
 }

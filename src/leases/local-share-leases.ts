@@ -1,14 +1,14 @@
 import { type Clock, systemClock } from "../core/clock.js";
 import type { CallOptions, LeaseHandle, Leases } from "../core/ports.js";
-import { createStoreMode, isStoreDown, type StoreMode } from "../store/store-mode.js";
+import { createLocalShareMode, isStoreDown, type StoreMode } from "../store/local-share-mode.js";
 
 export type { StoreMode };
 
-export interface FallbackLeasesOptions {
+export interface LocalShareLeasesOptions {
   /** Cluster-wide leases (Redis). */
   primary: Leases;
   /** This replica's own leases (in-memory). */
-  fallback: Leases;
+  own: Leases;
   /** False while the primary's store is known to be unreachable (e.g. ioredis `status !== "ready"`). */
   primaryReady?: () => boolean;
   clock?: Clock;
@@ -17,7 +17,7 @@ export interface FallbackLeasesOptions {
   onModeChange?: (mode: StoreMode) => void;
 }
 
-export interface FallbackLeases extends Leases {
+export interface LocalShareLeases extends Leases {
   mode(): StoreMode;
 }
 
@@ -32,21 +32,26 @@ export interface FallbackLeases extends Leases {
  *   its local lease still holds the instances on this replica.
  * A handle releases exactly what it acquired, in whichever store.
  */
-export function createFallbackLeases(options: FallbackLeasesOptions): FallbackLeases {
-  const { primary, fallback } = options;
+export function createLocalShareLeases(options: LocalShareLeasesOptions): LocalShareLeases {
+  const { primary, own } = options;
   const clock = options.clock ?? systemClock;
   const probeMs = options.probeMs ?? 500;
   const primaryReady = options.primaryReady ?? (() => true);
 
-  const storeMode = createStoreMode({ clock, probeMs, primaryReady, onModeChange: options.onModeChange });
-  const { degrade, tryPrimary } = storeMode;
+  const storeMode = createLocalShareMode({
+    clock,
+    probeMs,
+    primaryReady,
+    onModeChange: options.onModeChange,
+  });
+  const { goLocal, tryPrimary } = storeMode;
 
   async function acquire(
     scope: string,
     instanceIds: string[],
     opts: CallOptions & { owner: string },
   ): Promise<LeaseHandle> {
-    const local = await fallback.acquire(scope, instanceIds, opts);
+    const local = await own.acquire(scope, instanceIds, opts);
     if (!tryPrimary()) return combine(local, undefined);
     try {
       const shared = await primary.acquire(scope, instanceIds, opts);
@@ -54,7 +59,7 @@ export function createFallbackLeases(options: FallbackLeasesOptions): FallbackLe
       return combine(local, shared);
     } catch (e) {
       if (isStoreDown(e)) {
-        degrade();
+        goLocal();
         return combine(local, undefined);
       }
       await local.release();
@@ -68,7 +73,7 @@ export function createFallbackLeases(options: FallbackLeasesOptions): FallbackLe
     const onSharedLost = () => {
       // Unreachable store: the local lease keeps guarding this replica. Anything else (another
       // call took the instance in the shared store) is a real loss.
-      if (isStoreDown(shared?.lost.reason)) degrade();
+      if (isStoreDown(shared?.lost.reason)) goLocal();
       else lost.abort(shared?.lost.reason);
     };
     if (local.lost.aborted) onLocalLost();
@@ -97,7 +102,7 @@ export function createFallbackLeases(options: FallbackLeasesOptions): FallbackLe
     acquire,
     mode: storeMode.mode,
     async close() {
-      await Promise.all([primary.close(), fallback.close()]);
+      await Promise.all([primary.close(), own.close()]);
     },
   };
 }

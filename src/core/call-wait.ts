@@ -1,6 +1,6 @@
-import type { Clock } from "../core/clock.js";
-import { isKeygateError, keygateError, type KeygateError } from "../core/errors.js";
-import type { CallOptions } from "../core/ports.js";
+import type { Clock } from "./clock.js";
+import { isKeygateError, keygateError, type KeygateError } from "./errors.js";
+import type { CallOptions } from "./ports.js";
 
 /**
  * The error a wait ends with when the caller's signal aborts: the signal's own reason when it

@@ -2,12 +2,12 @@ import type { Clock } from "../core/clock.js";
 import { isKeygateError } from "../core/errors.js";
 
 /** Which store decides right now: the shared one, or this replica's own memory. */
-export type StoreMode = "primary" | "degraded";
+export type StoreMode = "primary" | "local-share";
 
-/** The error a store gives while Redis is unreachable: the one failure a fallback may absorb. */
+/** The error a store gives while Redis is unreachable: the one failure local-share may absorb. */
 export const isStoreDown = (e: unknown) => isKeygateError(e) && e.reason === "STORE_UNAVAILABLE";
 
-export interface StoreModeOptions {
+export interface LocalShareModeOptions {
   clock: Clock;
   /** After a failure, how long before the shared store is asked again. */
   probeMs: number;
@@ -17,11 +17,11 @@ export interface StoreModeOptions {
 }
 
 /**
- * The mode switch shared by the local-share fallbacks (leases, operations): degrade on a store
+ * The mode switch shared by the local-share wrappers (leases, operations): go local on a store
  * failure, ask the shared store again after `probeMs`, and tell an observer that must never
  * break a call.
  */
-export function createStoreMode(options: StoreModeOptions) {
+export function createLocalShareMode(options: LocalShareModeOptions) {
   let mode: StoreMode = "primary";
   let failedAt = -Infinity;
   const set = (m: StoreMode) => {
@@ -33,18 +33,18 @@ export function createStoreMode(options: StoreModeOptions) {
       /* an observer must not break the calls */
     }
   };
-  const degrade = () => {
+  const goLocal = () => {
     failedAt = options.clock.now();
-    set("degraded");
+    set("local-share");
   };
   return {
     mode: () => mode,
     recovered: () => set("primary"),
-    degrade,
+    goLocal,
     /** Whether to ask the shared store this time. */
     tryPrimary: (): boolean => {
       if (!options.primaryReady()) {
-        degrade();
+        goLocal();
         return false;
       }
       return mode === "primary" || options.clock.now() - failedAt >= options.probeMs;
