@@ -3,7 +3,7 @@ import { describe, expect, it } from "vitest";
 import type { AssociateInput, InstanceInfo } from "../src/core/model.js";
 import { decide, needsLookup, type InstanceLookup } from "../src/policy/decide.js";
 import type { TenantPolicy } from "../src/policy/policy.js";
-import { SUPPORTED_REGIONS } from "../src/policy/regions.js";
+import { SUPPORTED_REGIONS } from "../src/core/regions.js";
 
 function tenant(over: Partial<TenantPolicy> = {}): TenantPolicy {
   return {

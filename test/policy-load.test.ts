@@ -3,7 +3,7 @@ import { describe, expect, it } from "vitest";
 import { checkPolicyFile } from "../src/policy/check-command.js";
 import { DEMO_POLICY_YAML } from "../src/policy/demo.js";
 import { loadPolicyFile, parsePolicy } from "../src/policy/load.js";
-import { SUPPORTED_REGIONS } from "../src/policy/regions.js";
+import { SUPPORTED_REGIONS } from "../src/core/regions.js";
 
 const fixture = (name: string) => new URL(`./fixtures/policy/${name}`, import.meta.url).pathname;
 const A = "631be138e52c7bc6d6f1c602cb9811ea36f75b58e35b5a780c55c9686882b18f";

@@ -1,5 +1,5 @@
-import { INSTANCE_ID_PATTERN, KEY_ID_PATTERN } from "../policy/ids.js";
-import { isSupportedRegion } from "../policy/regions.js";
+import { INSTANCE_ID_PATTERN, KEY_ID_PATTERN } from "./ids.js";
+import { isSupportedRegion } from "./regions.js";
 import { KeygateError } from "./errors.js";
 import type { AssociateRequest } from "./model.js";
 

@@ -7,7 +7,7 @@ import { createHash } from "node:crypto";
 import { readFile } from "node:fs/promises";
 import { LineCounter, parseDocument } from "yaml";
 import { frozenMap, frozenSet } from "./frozen.js";
-import { SHA256_HEX_PATTERN } from "./ids.js";
+import { SHA256_HEX_PATTERN } from "../core/ids.js";
 import { formatIssue, formatPath } from "./issues.js";
 import type { Policy, TenantPolicy } from "./policy.js";
 import { policyFileSchema, type PolicyFile, type TenantFile } from "./schema.js";

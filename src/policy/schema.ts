@@ -7,8 +7,8 @@
  * (wrong type, unknown field, missing field) are rewritten in `issues.ts`.
  */
 import * as z from "zod";
-import { INSTANCE_ID_PATTERN, KEY_ID_PATTERN, SHA256_HEX_PATTERN } from "./ids.js";
-import { SUPPORTED_REGIONS } from "./regions.js";
+import { INSTANCE_ID_PATTERN, KEY_ID_PATTERN, SHA256_HEX_PATTERN } from "../core/ids.js";
+import { SUPPORTED_REGIONS } from "../core/regions.js";
 
 /** How a value is shown inside an error message: strings quoted, the rest as YAML would show them. */
 export function show(value: unknown): string {
