@@ -26,7 +26,7 @@ describe("fingerprintOf", () => {
           instanceIds: shuffle([...i.instanceIds, ...i.instanceIds.slice(0, 2)]),
           keyIds: shuffle([...i.keyIds, ...i.keyIds.slice(0, 1)]),
         };
-        expect(fingerprintOf("scope", same)).toBe(fingerprintOf("scope", i));
+        expect(fingerprintOf("scope", same, false)).toBe(fingerprintOf("scope", i, false));
       }),
     );
   });
@@ -40,7 +40,7 @@ describe("fingerprintOf", () => {
           a.forceStop === b.forceStop &&
           setOf(a.instanceIds) === setOf(b.instanceIds) &&
           setOf(a.keyIds) === setOf(b.keyIds);
-        expect(fingerprintOf("s", a) === fingerprintOf("s", b)).toBe(same);
+        expect(fingerprintOf("s", a, false) === fingerprintOf("s", b, false)).toBe(same);
       }),
     );
   });
@@ -52,9 +52,9 @@ describe("fingerprintOf", () => {
       keyIds: ["skey-aaaaaaaa"],
       forceStop: false,
     };
-    expect(fingerprintOf("one", i)).not.toBe(fingerprintOf("two", i));
-    expect(fingerprintOf("one", i)).toMatch(/^[0-9a-f]{64}$/);
-    expect(fingerprintOf("s", { ...i, forceStop: true })).not.toBe(fingerprintOf("s", i));
+    expect(fingerprintOf("one", i, false)).not.toBe(fingerprintOf("two", i, false));
+    expect(fingerprintOf("one", i, false)).toMatch(/^[0-9a-f]{64}$/);
+    expect(fingerprintOf("s", { ...i, forceStop: true }, false)).not.toBe(fingerprintOf("s", i, false));
   });
 });
 

@@ -7,7 +7,7 @@ import type { AssociateInput } from "./model.js";
  * caller waits for completion is part of it: a call that waits cannot join one that does not,
  * since only the executor holds the leases while the cloud task runs (see docs/decisions.md).
  */
-export function fingerprintOf(scope: string, input: AssociateInput, waitForCompletion = false): string {
+export function fingerprintOf(scope: string, input: AssociateInput, waitForCompletion: boolean): string {
   const canonical = JSON.stringify([
     scope,
     input.region,
