@@ -15,7 +15,7 @@ import {
   isRateLimitedUpstream as isRateLimited,
   isTransientUpstream as isRetryableUpstream,
   mayHaveReachedUpstream,
-} from "../src/core/upstream-errors.js";
+} from "../src/core/cloud-errors.js";
 import { freePort } from "./support/redis-server.js";
 
 const SECRET_ID = "AKIDADAPTERTEST";

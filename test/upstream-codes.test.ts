@@ -1,13 +1,13 @@
 import { describe, expect, it } from "vitest";
 import { KeygateError } from "../src/core/errors.js";
-import { classifyUpstreamCode } from "../src/upstream/codes.js";
 import { parseInstance, parseInstanceSet } from "../src/upstream/parse-instances.js";
-import { redact } from "../src/upstream/upstream-errors.js";
+import { redactSecrets as redact } from "../src/upstream/sdk-errors.js";
 import {
+  statusOf as classifyUpstreamCode,
   isMutexBusy,
   isRateLimitedUpstream as isRateLimited,
   isTransientUpstream as isRetryableUpstream,
-} from "../src/core/upstream-errors.js";
+} from "../src/core/cloud-errors.js";
 
 describe("classifyUpstreamCode follows SPEC.md's status table", () => {
   // Every code on the AssociateInstancesKeyPairs API page, plus the common ones keygate can meet.

@@ -3,7 +3,10 @@ import { Code, ConnectError } from "@connectrpc/connect";
 import { type ErrorKind, type KeygateError, isKeygateError } from "../core/errors.js";
 import { ErrorDetailSchema } from "../gen/keygate/v1/keygate_pb.js";
 
-/** The only place that knows gRPC codes: one code per domain error kind. */
+/**
+ * Spelling only: each kind already is a gRPC status, decided in src/core (errors.ts for keygate's
+ * reasons, cloud-errors.ts for the cloud's codes).
+ */
 export const codeOfKind: Record<ErrorKind, Code> = {
   unauthenticated: Code.Unauthenticated,
   permission_denied: Code.PermissionDenied,

@@ -16,13 +16,8 @@ import type {
   Tenant,
   Upstream,
 } from "./ports.js";
+import { nextStep } from "./cloud-errors.js";
 import { fingerprintOf } from "./fingerprint.js";
-import {
-  isMutexBusy,
-  isRateLimitedUpstream,
-  isTransientUpstream,
-  mayHaveReachedUpstream,
-} from "./upstream-errors.js";
 import { validateRequest } from "./validate.js";
 
 /** Observers the orchestration reports to; all optional so tests can leave them out. */
@@ -64,9 +59,7 @@ export interface AssociateCall extends CallOptions {
   request: AssociateRequest;
 }
 
-const PENALTY_MS = 1_000;
 const DENIALS: ReadonlySet<string> = new Set(["unauthenticated", "permission_denied", "invalid_argument"]);
-const MAX_TRANSIENT_RETRIES = 3;
 
 /**
  * The request's whole path: authenticate → validate → policy → coalesce/idempotency → lease →
@@ -242,30 +235,35 @@ export function createAssociateService(opts: AssociateServiceOptions) {
         );
         entry.upstreamCode = e.upstreamCode;
         entry.upstreamRequestId = e.upstreamRequestId;
-        if (isRateLimitedUpstream(e)) {
-          // Someone outside keygate spent the quota: make every replica hold off, then retry.
-          retrying = undefined;
-          await limiter.penalize(bucket, PENALTY_MS);
-          continue;
-        }
-        if (isMutexBusy(e) && hasTimeLeft(call)) {
-          // A task started outside keygate (a person in the console): retry once it is idle.
-          retrying = e;
-          await tasks.waitUntilIdle(input.region, input.instanceIds, call).catch(orLast);
-          if (!hasTimeLeft(call)) throw e;
-          continue;
-        }
-        if (isTransientUpstream(e) && transient < MAX_TRANSIENT_RETRIES && hasTimeLeft(call)) {
-          transient += 1;
-          retrying = e;
-          await clock.sleep(Math.min(200 * 2 ** transient, remaining(call)), call.signal).catch(orLast);
-          // A timed-out call may have reached the cloud and started a task: wait it out before resending.
-          if (mayHaveReachedUpstream(e)) {
+        const step = nextStep({
+          failure: e,
+          transientRetries: transient,
+          timeLeftMs: hasTimeLeft(call) ? remaining(call) : 0,
+        });
+        switch (step.step) {
+          case "penalize":
+            // Someone outside keygate spent the quota: make every replica hold off, then retry.
+            retrying = undefined;
+            await limiter.penalize(bucket, step.penaltyMs);
+            continue;
+          case "wait-idle":
+            // A task started outside keygate (a person in the console): retry once it is idle.
+            retrying = e;
             await tasks.waitUntilIdle(input.region, input.instanceIds, call).catch(orLast);
-          }
-          continue;
+            if (!hasTimeLeft(call)) throw e;
+            continue;
+          case "backoff":
+            transient += 1;
+            retrying = e;
+            await clock.sleep(step.delayMs, call.signal).catch(orLast);
+            // A timed-out call may have reached the cloud and started a task: wait it out before resending.
+            if (step.thenWaitIdle) {
+              await tasks.waitUntilIdle(input.region, input.instanceIds, call).catch(orLast);
+            }
+            continue;
+          case "answer":
+            throw e;
         }
-        throw e;
       }
     }
   }

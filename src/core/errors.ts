@@ -1,7 +1,7 @@
 /**
- * The single catalogue of keygate's own error reasons. Upstream error codes (e.g.
- * `InvalidInstanceId.NotFound`) travel as reasons too; they are classified in
- * `src/upstream/codes.ts`. Only `src/api/` turns a kind into a gRPC/Connect code.
+ * The single catalogue of keygate's own error reasons. Cloud error codes (e.g.
+ * `InvalidInstanceId.NotFound`) travel as reasons too; their table is `cloud-errors.ts`.
+ * Between them, these two files decide every status a caller can get.
  */
 export const Reason = {
   UNAUTHENTICATED: "UNAUTHENTICATED",
@@ -20,7 +20,10 @@ export const Reason = {
 } as const;
 export type KeygateReason = (typeof Reason)[keyof typeof Reason];
 
-/** What kind of failure this is; the API layer maps each kind to exactly one status code. */
+/**
+ * The gRPC status of a failure, spelled in snake case (the spelling also stored with idempotent
+ * outcomes). `src/api/` only converts it to its library's enum.
+ */
 export type ErrorKind =
   | "unauthenticated"
   | "permission_denied"

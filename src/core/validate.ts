@@ -1,13 +1,14 @@
+import { cloudCodeError } from "./cloud-errors.js";
+import type { KeygateError } from "./errors.js";
 import { INSTANCE_ID_PATTERN, KEY_ID_PATTERN } from "./ids.js";
 import { isSupportedRegion } from "./regions.js";
-import { KeygateError } from "./errors.js";
 import type { AssociateRequest } from "./model.js";
 
 export const MAX_IDS = 100;
 export const MAX_IDEMPOTENCY_KEY = 128;
 
 function invalid(code: string, message: string): KeygateError {
-  return new KeygateError({ kind: "invalid_argument", reason: code, message });
+  return cloudCodeError(code, message);
 }
 
 /**

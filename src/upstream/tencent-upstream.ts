@@ -6,7 +6,7 @@ import type { CallOptions, Upstream } from "../core/ports.js";
 import type { CloudCredential, CredentialProvider } from "./credentials.js";
 import { parseInstanceSet } from "./parse-instances.js";
 import { createUpstreamRoute } from "./redirect-agent.js";
-import { CREDENTIAL_FAILURE_PREFIX, redact, toKeygateError, type LocalAbort } from "./upstream-errors.js";
+import { CREDENTIAL_FAILURE_PREFIX, redactSecrets, toKeygateError, type LocalAbort } from "./sdk-errors.js";
 
 export {
   createCredentialProvider,
@@ -74,7 +74,7 @@ export function createTencentUpstream(options: TencentUpstreamOptions): TencentU
         c = isProvider(source) ? await source.getCredential() : source;
       } catch (e) {
         const why = e instanceof Error ? e.message : String(e);
-        throw new Error(CREDENTIAL_FAILURE_PREFIX + redact(why, [...secrets]).slice(0, 200));
+        throw new Error(CREDENTIAL_FAILURE_PREFIX + redactSecrets(why, [...secrets]).slice(0, 200));
       }
       remember(c);
       return { secretId: c.secretId, secretKey: c.secretKey, token: c.token };

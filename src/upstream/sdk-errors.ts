@@ -1,5 +1,5 @@
+import { cloudCodeError } from "../core/cloud-errors.js";
 import { KeygateError, keygateError, Reason } from "../core/errors.js";
-import { classifyUpstreamCode } from "./codes.js";
 
 /** Why the adapter itself stopped waiting (decided by the adapter, never guessed from a message). */
 export type LocalAbort = "caller-cancelled" | "caller-deadline" | "timeout" | undefined;
@@ -32,14 +32,15 @@ const looksSecret = (w: string) =>
  * Removes secrets from text that is about to become part of an error: the known ones, and any
  * word shaped like a key or token (a credential provider's message may quote one keygate never saw).
  */
-export function redact(text: string, secrets: readonly string[]): string {
+export function redactSecrets(text: string, secrets: readonly string[]): string {
   let out = text;
   for (const s of secrets) if (s.length >= 4) out = out.split(s).join("[redacted]");
   return out.replace(SECRET_LIKE, (w) => (looksSecret(w) ? "[redacted]" : w));
 }
 
 /**
- * Turns anything the SDK throws into a KeygateError. Shapes (see upstream-facts.md): an API error
+ * Turns anything the SDK throws into a KeygateError; what a cloud code means is decided in
+ * src/core/cloud-errors.ts, not here. Shapes (docs/decisions/upstream.md): an API error
  * has `code` + `requestId`; HTTP non-200 has `httpCode`; timeouts, refused connections and aborts
  * have only a message; a non-JSON reply or one without `Response` is a raw FetchError/TypeError.
  */
@@ -47,7 +48,7 @@ export function toKeygateError(err: unknown, ctx: MapContext): KeygateError {
   if (err instanceof KeygateError) return err;
   const e = (typeof err === "object" && err !== null ? err : {}) as SdkLikeError;
   const rawMessage = typeof e.message === "string" ? e.message : String(err);
-  const message = redact(rawMessage, ctx.secrets).slice(0, 300);
+  const message = redactSecrets(rawMessage, ctx.secrets).slice(0, 300);
   const requestId = typeof e.requestId === "string" && e.requestId !== "" ? e.requestId : undefined;
   const what = `${ctx.action}`;
 
@@ -70,10 +71,7 @@ export function toKeygateError(err: unknown, ctx: MapContext): KeygateError {
     );
   }
   if (typeof e.code === "string" && e.code !== "") {
-    return new KeygateError({
-      kind: classifyUpstreamCode(e.code),
-      reason: e.code,
-      message: `${e.code}: ${message}`,
+    return cloudCodeError(e.code, `${e.code}: ${message}`, {
       upstreamCode: e.code,
       upstreamRequestId: requestId,
     });

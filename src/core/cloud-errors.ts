@@ -1,0 +1,286 @@
+import { type ErrorKind, KeygateError, type KeygateErrorInit, Reason } from "./errors.js";
+
+/**
+ * What every cloud error code means to keygate, in one table: the status the caller gets and what
+ * keygate does about it. The README's "Cloud error codes" table is checked against it, and
+ * docs/decisions.md says how to add a code.
+ */
+
+/** What a cloud answer says about the request. */
+export type CloudErrorKind =
+  /** The request itself is wrong; changing it helps, repeating it does not. */
+  | "caller_mistake"
+  | "not_found"
+  /** The instance or key is not in a state (or of a sort) the action accepts. */
+  | "precondition"
+  /** Another task runs on the instance. */
+  | "busy"
+  /** The instance is passing from one state to another (starting, stopping, …). */
+  | "transitional"
+  /** The cloud's own rate limit: someone outside keygate spent the quota. */
+  | "rate_limited"
+  /** The cloud failed on its side; it may or may not have acted. */
+  | "transient"
+  /** keygate's own credentials or CAM role are refused: operators must act, not callers. */
+  | "operator_problem"
+  /** keygate asked for something the cloud does not offer, or a code nobody documented. */
+  | "unexpected";
+
+/** What keygate does after an attempt failed this way. */
+export type CloudAction =
+  /** Give the caller the error now. */
+  | "answer"
+  /** Wait until the instances are idle, then resend within the deadline. */
+  | "wait"
+  /** Back off, wait until the instances are idle (the cloud may have acted), resend; a few times. */
+  | "retry"
+  /** Hold every replica off the bucket for a window, then resend. */
+  | "penalize";
+
+export interface Treatment {
+  /** The gRPC status the caller gets (see ErrorKind). */
+  status: ErrorKind;
+  action: CloudAction;
+}
+
+/** One line per kind, so changing how a whole kind is treated is a one-line edit. */
+export const treatmentOfKind: Readonly<Record<CloudErrorKind, Treatment>> = {
+  caller_mistake: { status: "invalid_argument", action: "answer" },
+  not_found: { status: "not_found", action: "answer" },
+  precondition: { status: "failed_precondition", action: "answer" },
+  busy: { status: "aborted", action: "wait" },
+  // Not waited for yet: answered like any other unmet precondition.
+  transitional: { status: "failed_precondition", action: "answer" },
+  rate_limited: { status: "resource_exhausted", action: "penalize" },
+  transient: { status: "unavailable", action: "retry" },
+  // UNAVAILABLE rather than INTERNAL keeps the cloud's code visible to callers and alerts.
+  operator_problem: { status: "unavailable", action: "answer" },
+  // Neither a retry nor a changed request is known to help, so promise neither.
+  unexpected: { status: "internal", action: "answer" },
+};
+
+export interface CloudErrorRow {
+  /**
+   * `Name` matches that code only; `Name.*` matches its sub-codes (not `Name` itself); `*.Suffix`
+   * matches any code ending so. Exact rows win over `Name.*` (the longest wins), which win over `*.Suffix`.
+   */
+  code: string;
+  kind: CloudErrorKind;
+  /** A departure from the kind's action, with the reason beside the row. */
+  action?: CloudAction;
+}
+
+/**
+ * Every code on the AssociateInstancesKeyPairs API page, and the common codes any action can
+ * return (docs/decisions/upstream.md). A cloud code travels to the caller as its own `reason`.
+ */
+export const cloudErrorTable: readonly CloudErrorRow[] = [
+  // The request is wrong (keygate checks most of these itself before spending a token).
+  { code: "MissingParameter", kind: "caller_mistake" },
+  { code: "MissingParameter.*", kind: "caller_mistake" },
+  { code: "UnsupportedRegion", kind: "caller_mistake" },
+  { code: "InvalidParameter", kind: "caller_mistake" },
+  { code: "InvalidParameter.*", kind: "caller_mistake" },
+  { code: "InvalidParameterValue", kind: "caller_mistake" },
+  { code: "InvalidParameterValue.*", kind: "caller_mistake" },
+  { code: "InvalidParameterValue.InstanceIdMalformed", kind: "caller_mistake" },
+  { code: "InvalidParameterValue.LimitExceeded", kind: "caller_mistake" },
+  { code: "InvalidInstanceId.Malformed", kind: "caller_mistake" },
+  { code: "InvalidKeyPairId.Malformed", kind: "caller_mistake" },
+  { code: "UnknownParameter", kind: "caller_mistake" },
+  { code: "RequestSizeLimitExceeded", kind: "caller_mistake" },
+
+  { code: "InvalidInstanceId.NotFound", kind: "not_found" },
+  { code: "InvalidKeyPairId.NotFound", kind: "not_found" },
+  { code: "ResourceNotFound", kind: "not_found" },
+  { code: "*.NotFound", kind: "not_found" },
+
+  { code: "InvalidInstance.NotSupported", kind: "precondition" },
+  { code: "InvalidParameterValue.KeyPairNotSupported", kind: "precondition" },
+  { code: "UnsupportedOperation", kind: "precondition" },
+  { code: "UnsupportedOperation.*", kind: "precondition" },
+  { code: "UnsupportedOperation.InstanceOsWindows", kind: "precondition" },
+  { code: "UnsupportedOperation.InstanceStateRunning", kind: "precondition" },
+  { code: "UnsupportedOperation.InstanceStateShutdown", kind: "precondition" },
+  { code: "UnsupportedOperation.InstanceStateIsolating", kind: "precondition" },
+  { code: "UnsupportedOperation.InstanceStateFreezing", kind: "precondition" },
+  { code: "UnsupportedOperation.InstanceStateRescueMode", kind: "precondition" },
+  { code: "UnsupportedOperation.InstanceStateTerminating", kind: "precondition" },
+  { code: "UnsupportedOperation.StoppedModeStopCharging", kind: "precondition" },
+  { code: "OperationDenied.*", kind: "precondition" },
+  { code: "LimitExceeded", kind: "precondition" },
+  { code: "FailedOperation", kind: "precondition" },
+
+  { code: "UnsupportedOperation.InstanceStatePending", kind: "transitional" },
+  { code: "UnsupportedOperation.InstanceStateStarting", kind: "transitional" },
+  { code: "UnsupportedOperation.InstanceStateStopping", kind: "transitional" },
+  { code: "UnsupportedOperation.InstanceStateRebooting", kind: "transitional" },
+  { code: "UnsupportedOperation.InstanceStateExitRescueMode", kind: "transitional" },
+  { code: "UnsupportedOperation.InstanceStateEnterServiceLiveMigrate", kind: "transitional" },
+
+  { code: "MutexOperation.*", kind: "busy" },
+  { code: "MutexOperation.TaskRunning", kind: "busy" },
+  { code: "OperationDenied.InstanceOperationInProgress", kind: "busy" },
+  // Not necessarily an instance, so DescribeInstances cannot tell when it is free.
+  { code: "ResourceInUse", kind: "busy", action: "answer" },
+
+  { code: "RequestLimitExceeded", kind: "rate_limited" },
+  { code: "RequestLimitExceeded.*", kind: "rate_limited" },
+
+  { code: "InternalError", kind: "transient" },
+  { code: "InternalError.*", kind: "transient" },
+  { code: "InternalServerError", kind: "transient" },
+  { code: "InternalServerError.*", kind: "transient" },
+  { code: "ServiceUnavailable", kind: "transient" },
+  { code: "ServiceUnavailable.*", kind: "transient" },
+  { code: "ResourceUnavailable", kind: "transient" },
+  { code: "ResourceUnavailable.*", kind: "transient" },
+
+  { code: "AuthFailure", kind: "operator_problem" },
+  { code: "AuthFailure.*", kind: "operator_problem" },
+  { code: "UnauthorizedOperation", kind: "operator_problem" },
+  { code: "UnauthorizedOperation.*", kind: "operator_problem" },
+  { code: "UnauthorizedOperation.MFAExpired", kind: "operator_problem" },
+  { code: "UnauthorizedOperation.MFANotFound", kind: "operator_problem" },
+
+  { code: "InvalidAction", kind: "unexpected" },
+  { code: "ActionOffline", kind: "unexpected" },
+  { code: "NoSuchVersion", kind: "unexpected" },
+  { code: "InvalidRequest", kind: "unexpected" },
+];
+
+/** The row for codes no row matches. */
+export const UNKNOWN_CODE_ROW: CloudErrorRow = { code: "*", kind: "unexpected" };
+
+/** What one cloud code means, resolved through the table. */
+export interface CloudErrorMeaning extends Treatment {
+  kind: CloudErrorKind;
+  /** What the caller sees as `reason`: the cloud's code itself. */
+  reason: string;
+  /** The row that decided. */
+  row: CloudErrorRow;
+}
+
+const exact = new Map<string, CloudErrorRow>();
+const families: CloudErrorRow[] = [];
+const suffixes: CloudErrorRow[] = [];
+for (const row of cloudErrorTable) {
+  if (row.code.startsWith("*.")) suffixes.push(row);
+  else if (row.code.endsWith(".*")) families.push(row);
+  else exact.set(row.code, row);
+}
+families.sort((a, b) => b.code.length - a.code.length);
+
+function rowOf(code: string): CloudErrorRow {
+  const hit = exact.get(code);
+  if (hit) return hit;
+  for (const row of families) {
+    const name = row.code.slice(0, -2);
+    if (code.startsWith(`${name}.`)) return row;
+  }
+  for (const row of suffixes) if (code.endsWith(row.code.slice(1))) return row;
+  return UNKNOWN_CODE_ROW;
+}
+
+/** Pure: what a cloud error code means and what keygate does about it. */
+export function classify(code: string): CloudErrorMeaning {
+  const row = rowOf(code);
+  const treatment = treatmentOfKind[row.kind];
+  return {
+    kind: row.kind,
+    status: treatment.status,
+    action: row.action ?? treatment.action,
+    reason: code,
+    row,
+  };
+}
+
+/** The gRPC status a cloud code gives the caller. */
+export function statusOf(code: string): ErrorKind {
+  return classify(code).status;
+}
+
+/** The one way to build the error for a cloud code, so its status always comes from the table. */
+export function cloudCodeError(
+  code: string,
+  message: string,
+  extra: Omit<KeygateErrorInit, "kind" | "reason" | "message"> = {},
+): KeygateError {
+  return new KeygateError({ ...extra, kind: statusOf(code), reason: code, message });
+}
+
+/** keygate's own reasons for an attempt that got no usable answer from the cloud. */
+const NO_ANSWER_REASONS: ReadonlySet<string> = new Set([
+  Reason.UPSTREAM_UNAVAILABLE,
+  Reason.UPSTREAM_TIMEOUT,
+  Reason.UPSTREAM_BAD_RESPONSE,
+]);
+
+/** A failed attempt, as much of it as the retry decision reads. */
+export type Failure = Pick<KeygateError, "upstreamCode" | "reason">;
+
+/**
+ * What keygate does after this failure: the cloud's code decides through the table; no answer at
+ * all (unreachable, timed out, garbled) counts as transient; keygate's own reasons are answered.
+ */
+export function actionFor(f: Failure): CloudAction {
+  if (f.upstreamCode !== undefined) return classify(f.upstreamCode).action;
+  return NO_ANSWER_REASONS.has(f.reason) ? treatmentOfKind.transient.action : "answer";
+}
+
+export const isRateLimitedUpstream = (f: Failure): boolean => actionFor(f) === "penalize";
+export const isMutexBusy = (f: Failure): boolean => actionFor(f) === "wait";
+export const isTransientUpstream = (f: Failure): boolean => actionFor(f) === "retry";
+
+/**
+ * The cloud may have acted on an attempt that failed this way, so a resend must first wait until
+ * the instances are idle (else it collides with keygate's own task, G3). Conservative: a refused
+ * connection costs one needless DescribeInstances, a wrong "no" costs a collision.
+ */
+export const mayHaveReachedUpstream = (f: Failure): boolean => isTransientUpstream(f);
+
+/** The numbers of the retry decision. */
+export const retryPolicy = {
+  /** How long every replica holds off the bucket after the cloud's own rate limit. */
+  penaltyMs: 1_000,
+  /** Backoff retries of transient failures per call (every retry spends a token). */
+  maxTransientRetries: 3,
+  /** The first backoff; it doubles with each retry. */
+  backoffBaseMs: 400,
+} as const;
+
+export type NextStep =
+  | { step: "answer" }
+  | { step: "penalize"; penaltyMs: number }
+  | { step: "wait-idle" }
+  | { step: "backoff"; delayMs: number; thenWaitIdle: boolean };
+
+export interface FailedAttempt {
+  failure: Failure;
+  /** Backoff retries this call already made. */
+  transientRetries: number;
+  /** Until the caller's deadline: 0 once it passed or the caller left, Infinity without one. */
+  timeLeftMs: number;
+}
+
+const ANSWER: NextStep = { step: "answer" };
+
+/** Pure: the retry decision after a failed attempt. */
+export function nextStep(a: FailedAttempt): NextStep {
+  switch (actionFor(a.failure)) {
+    case "penalize":
+      // No time check: the limiter's own wait is bounded by the deadline.
+      return { step: "penalize", penaltyMs: retryPolicy.penaltyMs };
+    case "wait":
+      return a.timeLeftMs > 0 ? { step: "wait-idle" } : ANSWER;
+    case "retry":
+      if (a.timeLeftMs <= 0 || a.transientRetries >= retryPolicy.maxTransientRetries) return ANSWER;
+      return {
+        step: "backoff",
+        delayMs: Math.min(retryPolicy.backoffBaseMs * 2 ** a.transientRetries, a.timeLeftMs),
+        thenWaitIdle: mayHaveReachedUpstream(a.failure),
+      };
+    case "answer":
+      return ANSWER;
+  }
+}
