@@ -7,12 +7,13 @@
  * (wrong type, unknown field, missing field) are rewritten in `issues.ts`.
  */
 import * as z from "zod";
+import { excerptValue } from "./excerpt.js";
 import { INSTANCE_ID_PATTERN, KEY_ID_PATTERN, SHA256_HEX_PATTERN } from "./ids.js";
 import { SUPPORTED_REGIONS } from "./regions.js";
 
 /** How a value is shown inside an error message: strings quoted, the rest as YAML would show them. */
 export function show(value: unknown): string {
-  if (typeof value === "string") return JSON.stringify(value);
+  if (typeof value === "string") return excerptValue(value);
   if (value === null) return "null";
   if (Array.isArray(value)) return "a list";
   if (typeof value === "object") return "a map";
