@@ -1,7 +1,9 @@
-import { mkdir, mkdtemp, rename, rm, symlink, writeFile } from "node:fs/promises";
+import { execFileSync } from "node:child_process";
+import { mkdir, mkdtemp, rename, rm, symlink, truncate, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { MAX_POLICY_BYTES } from "../src/policy/load.js";
 import type { Policy } from "../src/policy/policy.js";
 import {
   createPolicySource,
@@ -193,5 +195,52 @@ describe("static policy source", () => {
   it("reports every error of a bad text", async () => {
     const s = createStaticPolicySource(BAD, "demo");
     expect(await s.start()).toEqual({ ok: false, errors: [expect.stringContaining("ap-mars")] });
+  });
+});
+
+describe("policy source against hostile files", () => {
+  it("refuses a FIFO at once and a file over the limit without reading it", async () => {
+    const path = join(dir, "policy.yaml");
+    await writeFile(path, policyText("good"));
+    source = createPolicySource({ path, pollMs: 600_000, watch: false, settleMs: 50 });
+    await source.start();
+    await rm(path);
+    execFileSync("mkfifo", [path]);
+    expect(await source.check()).toBe("rejected");
+    expect(source.lastErrors).toEqual([`(file): ${path} is a named pipe (FIFO), not a regular file`]);
+    await rm(path);
+    await writeFile(path, "");
+    await truncate(path, MAX_POLICY_BYTES + 1);
+    expect(await source.check()).toBe("rejected");
+    expect(source.lastErrors[0]).toMatch(/is 1048577 bytes, larger than the 1048576-byte limit/);
+    expect(tenantsOf(source.current())).toEqual(["good"]);
+  });
+
+  it("takes an in-place write only once two reads a settle period apart agree", async () => {
+    const path = join(dir, "policy.yaml");
+    await writeFile(path, policyText("first"));
+    source = createPolicySource({ path, pollMs: 600_000, watch: false, settleMs: 1_000 });
+    await source.start();
+    const third = `  third:\n    tokens_sha256: ["${"b".repeat(64)}"]\n    regions: [ap-guangzhou]\n    instances: "*"\n    keys: "*"\n`;
+    const next = policyText("second") + third;
+    await writeFile(path, policyText("second")); // valid on its own: one tenant, "second"
+    const checked = source.check();
+    await new Promise((r) => setTimeout(r, 200));
+    await writeFile(path, next);
+    expect(await checked).toBe("reloaded");
+    expect(tenantsOf(source.current())).toEqual(["second", "third"]);
+    expect(source.reloads).toBe(1);
+  });
+
+  it("close() returns at once while a settle wait is in progress", async () => {
+    const path = join(dir, "policy.yaml");
+    await writeFile(path, policyText("first"));
+    source = createPolicySource({ path, pollMs: 600_000, watch: false, settleMs: 60_000 });
+    const started = source.start();
+    await new Promise((r) => setTimeout(r, 200));
+    const asked = Date.now();
+    await source.close();
+    expect(await started).toEqual({ ok: false, errors: ["(file): closed before the policy was read"] });
+    expect(Date.now() - asked).toBeLessThan(5_000);
   });
 });

@@ -4,6 +4,7 @@
  * zod's internal vocabulary ("invalid_union", "record").
  */
 import type * as z from "zod";
+import { excerptKey, hiddenKey } from "./excerpt.js";
 import { KNOWN_FIELDS, show } from "./schema.js";
 
 type Issue = z.core.$ZodIssue;
@@ -15,8 +16,13 @@ export function formatPath(path: readonly Segment[]): string {
   let out = "";
   for (const seg of path) {
     if (typeof seg === "number") out += `[${seg}]`;
-    else if (typeof seg === "string" && /^[A-Za-z0-9_-]+$/.test(seg)) out += out === "" ? seg : `.${seg}`;
-    else out += `[${JSON.stringify(String(seg))}]`;
+    else if (typeof seg === "string" && /^[A-Za-z0-9_-]{1,63}$/.test(seg))
+      out += out === "" ? seg : `.${seg}`;
+    else {
+      const key = String(seg);
+      const shown = excerptKey(key);
+      out += shown === undefined ? `[${hiddenKey(key)}]` : `[${JSON.stringify(shown)}]`;
+    }
   }
   return out;
 }

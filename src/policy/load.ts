@@ -4,8 +4,10 @@
  * per attempt, during an incident, is the failure mode this avoids.
  */
 import { createHash } from "node:crypto";
-import { readFile } from "node:fs/promises";
-import { LineCounter, parseDocument } from "yaml";
+import { constants } from "node:fs";
+import { open, type FileHandle } from "node:fs/promises";
+import { isMap, isScalar, LineCounter, parseDocument, visit, type Document } from "yaml";
+import { capErrors, excerptKey, excerptProse, hiddenKey } from "./excerpt.js";
 import { frozenMap, frozenSet } from "./frozen.js";
 import { SHA256_HEX_PATTERN } from "../core/ids.js";
 import { formatIssue, formatPath } from "./issues.js";
@@ -17,8 +19,10 @@ export type PolicyLoadResult =
   /** `digest` is set when the bytes could be read, so a watcher can tell "same bad file" apart. */
   | { ok: false; errors: string[]; digest: string | undefined };
 
-/** Far above any real policy; stops a wrong path (a log file, a device) from being slurped. */
-const MAX_POLICY_BYTES = 4 * 1024 * 1024;
+/** Far above any real policy; stops a wrong path (a log file, a huge file) from being slurped. */
+export const MAX_POLICY_BYTES = 1024 * 1024;
+/** A policy read (open, stat, read) that takes longer than this is given up (a hung network volume). */
+export const POLICY_READ_TIMEOUT_MS = 5_000;
 
 export function digestOf(text: string): string {
   return createHash("sha256").update(text, "utf8").digest("hex");
@@ -27,25 +31,37 @@ export function digestOf(text: string): string {
 /** Validates policy YAML; `sourceName` only labels the result (a path, "demo", …). */
 export function parsePolicy(text: string, sourceName: string): PolicyLoadResult {
   const digest = digestOf(text);
+  const depth = flowDepth(text);
+  if (depth > MAX_FLOW_DEPTH) {
+    const error = `(file): brackets nest ${depth} deep (at most ${MAX_FLOW_DEPTH}); not a policy`;
+    return { ok: false, errors: [error], digest };
+  }
   const yamlErrors: string[] = [];
   const lines = new LineCounter();
-  const doc = parseDocument(text, { uniqueKeys: true, prettyErrors: false, lineCounter: lines });
+  // yaml's own duplicate-key check compares each key with every earlier one: minutes for a
+  // 4 MiB map. duplicateKeys() does it with a Set.
+  const doc = parseDocument(text, { uniqueKeys: false, prettyErrors: false, lineCounter: lines });
+  const found: { offset: number; what: string }[] = [];
   for (const e of [...doc.errors, ...doc.warnings]) {
-    const at = lines.linePos(e.pos[0]);
-    const where = `line ${at.line}, column ${at.col}`;
-    const what =
-      e.code === "DUPLICATE_KEY"
-        ? `duplicate key ${JSON.stringify(keyAt(text, e.pos[0]))} (each key may appear once)`
-        : `not valid YAML: ${e.message.split("\n")[0] ?? e.message}`;
-    yamlErrors.push(`${where}: ${what}`);
+    const what = `not valid YAML: ${excerptProse(e.message.split("\n")[0] ?? "", e.code)}`;
+    found.push({ offset: e.pos[0], what });
   }
-  if (yamlErrors.length > 0) return { ok: false, errors: yamlErrors, digest };
+  for (const offset of duplicateKeys(doc)) {
+    found.push({ offset, what: `duplicate key ${shownKey(keyAt(text, offset))} (each key may appear once)` });
+  }
+  found.sort((a, b) => a.offset - b.offset);
+  for (const { offset, what } of found) {
+    const at = lines.linePos(offset);
+    yamlErrors.push(`line ${at.line}, column ${at.col}: ${what}`);
+  }
+  if (yamlErrors.length > 0) return { ok: false, errors: capErrors(yamlErrors), digest };
 
   let raw: unknown;
   try {
     raw = doc.toJS({ maxAliasCount: 100 });
   } catch (e) {
-    return { ok: false, errors: [`(file): not usable YAML: ${(e as Error).message}`], digest };
+    const why = excerptProse((e as Error).message, "it cannot be turned into data");
+    return { ok: false, errors: [`(file): not usable YAML: ${why}`], digest };
   }
 
   if (raw === null || raw === undefined) {
@@ -54,33 +70,184 @@ export function parsePolicy(text: string, sourceName: string): PolicyLoadResult 
   const parsed = policyFileSchema.safeParse(raw, { reportInput: true });
   const errors = parsed.success ? [] : parsed.error.issues.flatMap((i) => formatIssue(i));
   errors.push(...crossTenantErrors(raw));
-  if (!parsed.success || errors.length > 0) return { ok: false, errors, digest };
+  if (!parsed.success || errors.length > 0) return { ok: false, errors: capErrors(errors), digest };
   return { ok: true, policy: buildPolicy(parsed.data, sourceName, digest), digest };
 }
 
-/** Reads and validates the file at `path`. Never throws. */
+/** Reads and validates the file at `path` (bounded like every policy read). Never throws. */
 export async function loadPolicyFile(path: string): Promise<PolicyLoadResult> {
-  let text: string;
-  try {
-    const bytes = await readFile(path);
-    if (bytes.length > MAX_POLICY_BYTES) {
-      return {
-        ok: false,
-        errors: [`(file): ${bytes.length} bytes is larger than the ${MAX_POLICY_BYTES}-byte limit`],
-        digest: undefined,
-      };
+  const read = await readPolicyFile(path);
+  if (!read.ok) return { ok: false, errors: [read.error], digest: undefined };
+  return parsePolicy(read.text, path);
+}
+
+export type PolicyReadResult =
+  | {
+      ok: true;
+      text: string;
+      digest: string;
+      /** When the file last changed (its ctime, which every write moves and no caller can set back). */
+      changedAtMs: number;
     }
-    text = bytes.toString("utf8");
-  } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code ?? (e as Error).message;
-    return { ok: false, errors: [`(file): cannot read ${path}: ${code}`], digest: undefined };
+  /** `changing`: the file changed while it was read; not an error, just not a version yet. */
+  | { ok: false; error: string; changing?: boolean };
+
+export interface PolicyReadOptions {
+  maxBytes?: number;
+  timeoutMs?: number;
+  /** Gives the read up at once (shutdown). */
+  signal?: AbortSignal;
+}
+
+/** O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer, in a libuv thread, forever. */
+const OPEN_FLAGS = constants.O_RDONLY | (constants.O_NONBLOCK ?? 0) | (constants.O_NOCTTY ?? 0);
+const CHUNK_BYTES = 64 * 1024;
+
+/**
+ * Reads a policy file the way a security boundary must: a regular file only (symlinks are
+ * followed, as ConfigMap mounts need), no larger than `maxBytes` by fstat before reading and by
+ * the read itself (a file growing meanwhile cannot exceed it), and within `timeoutMs`. Never
+ * throws; errors name the path, never the content.
+ */
+export async function readPolicyFile(
+  path: string,
+  options: PolicyReadOptions = {},
+): Promise<PolicyReadResult> {
+  const maxBytes = options.maxBytes ?? MAX_POLICY_BYTES;
+  const timeoutMs = options.timeoutMs ?? POLICY_READ_TIMEOUT_MS;
+  let gaveUp = false;
+  const work = readBounded(path, maxBytes, () => gaveUp).catch((e: unknown): PolicyReadResult => ({
+    ok: false,
+    error: `(file): cannot read ${path}: ${errorCode(e)}`,
+  }));
+  let timer: NodeJS.Timeout | undefined;
+  let onAbort: (() => void) | undefined;
+  const stop = new Promise<PolicyReadResult>((resolve) => {
+    timer = setTimeout(
+      () =>
+        resolve({ ok: false, error: `(file): reading ${path} took longer than ${timeoutMs} ms; gave up` }),
+      timeoutMs,
+    );
+    onAbort = () => resolve({ ok: false, error: `(file): reading ${path} was cancelled` });
+    if (options.signal?.aborted) onAbort();
+    else options.signal?.addEventListener("abort", onAbort, { once: true });
+  });
+  try {
+    return await Promise.race([work, stop]);
+  } finally {
+    gaveUp = true; // a read still running stops at its next chunk and closes its file
+    clearTimeout(timer);
+    if (onAbort) options.signal?.removeEventListener("abort", onAbort);
   }
-  return parsePolicy(text, path);
+}
+
+async function readBounded(path: string, maxBytes: number, gaveUp: () => boolean): Promise<PolicyReadResult> {
+  let handle: FileHandle | undefined;
+  try {
+    handle = await open(path, OPEN_FLAGS);
+    const before = await handle.stat({ bigint: true });
+    if (!before.isFile()) {
+      return { ok: false, error: `(file): ${path} is ${kindOf(before)}, not a regular file` };
+    }
+    if (before.size > BigInt(maxBytes)) return { ok: false, error: tooBig(path, maxBytes, before.size) };
+    const chunks: Buffer[] = [];
+    let total = 0;
+    for (;;) {
+      if (gaveUp()) return { ok: false, error: `(file): reading ${path} was given up` };
+      const want = Math.min(CHUNK_BYTES, maxBytes + 1 - total);
+      const chunk = Buffer.allocUnsafe(want);
+      const { bytesRead } = await handle.read(chunk, 0, want, total);
+      if (bytesRead === 0) break;
+      chunks.push(bytesRead === want ? chunk : chunk.subarray(0, bytesRead));
+      total += bytesRead;
+      if (total > maxBytes) return { ok: false, error: tooBig(path, maxBytes) };
+    }
+    const after = await handle.stat({ bigint: true });
+    if (
+      after.ino !== before.ino ||
+      after.size !== before.size ||
+      after.mtimeNs !== before.mtimeNs ||
+      after.ctimeNs !== before.ctimeNs
+    ) {
+      return { ok: false, error: `(file): ${path} changed while it was read`, changing: true };
+    }
+    const text = Buffer.concat(chunks, total).toString("utf8");
+    return { ok: true, text, digest: digestOf(text), changedAtMs: Number(after.ctimeNs / 1_000_000n) };
+  } finally {
+    await handle?.close().catch(() => undefined);
+  }
+}
+
+function tooBig(path: string, maxBytes: number, size?: bigint): string {
+  const limit = `the ${maxBytes}-byte limit`;
+  return size === undefined
+    ? `(file): ${path} grew past ${limit} while it was read`
+    : `(file): ${path} is ${size} bytes, larger than ${limit}`;
+}
+
+function kindOf(s: {
+  isDirectory(): boolean;
+  isFIFO(): boolean;
+  isCharacterDevice(): boolean;
+  isBlockDevice(): boolean;
+  isSocket(): boolean;
+}): string {
+  if (s.isDirectory()) return "a directory";
+  if (s.isFIFO()) return "a named pipe (FIFO)";
+  if (s.isCharacterDevice()) return "a character device";
+  if (s.isBlockDevice()) return "a block device";
+  if (s.isSocket()) return "a socket";
+  return "not a file of a known kind";
+}
+
+function errorCode(e: unknown): string {
+  const code = (e as NodeJS.ErrnoException).code;
+  return typeof code === "string" ? code : "read error";
+}
+
+/** A key for a duplicate-key message, quoted, or described when it is not a plain name. */
+function shownKey(key: string): string {
+  const shown = excerptKey(key);
+  return shown === undefined ? hiddenKey(key) : JSON.stringify(shown);
+}
+
+/** A policy nests a few levels; the YAML parser's time and memory explode on thousands. */
+const MAX_FLOW_DEPTH = 32;
+
+/** Deepest `[`/`{` nesting, counting brackets in strings too (an overestimate is harmless here). */
+function flowDepth(text: string): number {
+  let depth = 0;
+  let max = 0;
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (c === 0x5b || c === 0x7b) max = Math.max(max, ++depth);
+    else if ((c === 0x5d || c === 0x7d) && depth > 0) depth--;
+  }
+  return max;
+}
+
+/** Where each repeated scalar key of a map starts (keys compared as yaml does: by value and type). */
+function duplicateKeys(doc: Document): number[] {
+  const offsets: number[] = [];
+  visit(doc, {
+    Map(_, map) {
+      if (!isMap(map)) return;
+      const seen = new Set<string>();
+      for (const pair of map.items) {
+        if (!isScalar(pair.key)) continue;
+        const v: unknown = pair.key.value;
+        const id = `${typeof v}:${String(v)}`;
+        if (seen.has(id)) offsets.push(pair.key.range?.[0] ?? 0);
+        else seen.add(id);
+      }
+    },
+  });
+  return offsets;
 }
 
 /** The key written at `offset` (quoted or plain), for duplicate-key messages. */
 function keyAt(text: string, offset: number): string {
-  const m = /^("(?:[^"\\\n]|\\.)*"|'[^'\n]*'|[^:\n]*)/.exec(text.slice(offset));
+  const m = /^("(?:[^"\\\n]|\\.)*"|'[^'\n]*'|[^:\n]*)/.exec(text.slice(offset, offset + 256));
   const key = (m?.[1] ?? "").trim();
   return /^["']/.test(key) ? key.slice(1, -1) : key;
 }

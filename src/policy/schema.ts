@@ -9,10 +9,11 @@
 import * as z from "zod";
 import { INSTANCE_ID_PATTERN, KEY_ID_PATTERN, SHA256_HEX_PATTERN } from "../core/ids.js";
 import { SUPPORTED_REGIONS } from "../core/regions.js";
+import { excerptValue } from "./excerpt.js";
 
 /** How a value is shown inside an error message: strings quoted, the rest as YAML would show them. */
 export function show(value: unknown): string {
-  if (typeof value === "string") return JSON.stringify(value);
+  if (typeof value === "string") return excerptValue(value);
   if (value === null) return "null";
   if (Array.isArray(value)) return "a list";
   if (typeof value === "object") return "a map";

@@ -3,12 +3,14 @@
  * the file's directory (quick; it sees a Kubernetes ConfigMap update, where `..data` is swapped to
  * a new timestamped directory by an atomic rename, and in-place writes alike) and a poll of the
  * file's content digest (slow but certain: watches miss events on some volume types and can
- * die). A new version that fails validation is refused: the last good one stays in force.
+ * die). A new version is taken only once it has settled (a file written in place may be read
+ * half-written), and one that fails validation is refused: the last good one stays in force.
+ * Every read is bounded in size and time (see `readPolicyFile`), and shutdown never waits for one.
  */
 import { watch, type FSWatcher } from "node:fs";
-import { readFile } from "node:fs/promises";
+import { setTimeout as sleep } from "node:timers/promises";
 import { dirname } from "node:path";
-import { digestOf, parsePolicy } from "./load.js";
+import { parsePolicy, readPolicyFile, type PolicyReadResult } from "./load.js";
 import type { Policy } from "./policy.js";
 
 /** What request handling needs: the policy in force right now. */
@@ -33,6 +35,15 @@ export interface PolicySourceOptions {
   watch?: boolean;
   /** Wait after a directory event before reading, so a burst of events costs one read. Default 50 ms. */
   debounceMs?: number;
+  /**
+   * A new version is taken only when the file has not changed for this long: its ctime is that
+   * old, or a read this much later gives the same bytes. Default 1000 ms.
+   */
+  settleMs?: number;
+  /** Bound on one read of the file. Default POLICY_READ_TIMEOUT_MS. */
+  readTimeoutMs?: number;
+  /** Wall clock (ms), compared with the file's ctime. Default Date.now. */
+  now?: () => number;
   /** A new version is in force. */
   onReload?: (policy: Policy, previous: Policy) => void;
   /** A new version was refused (each distinct bad version is reported once). */
@@ -56,22 +67,16 @@ export interface ManagedPolicySource extends PolicySource {
   readonly lastErrors: readonly string[];
 }
 
-type ReadResult = { ok: true; text: string; digest: string } | { ok: false; error: string };
-
-async function readText(path: string): Promise<ReadResult> {
-  try {
-    const text = await readFile(path, "utf8");
-    return { ok: true, text, digest: digestOf(text) };
-  } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code ?? (e as Error).message;
-    return { ok: false, error: `(file): cannot read ${path}: ${code}` };
-  }
-}
+/** A file still changing after this many settle periods is reported rather than waited for. */
+const MAX_SETTLE_ROUNDS = 30;
 
 export function createPolicySource(options: PolicySourceOptions): ManagedPolicySource {
   const { path, onReload, onError, logger } = options;
   const pollMs = options.pollMs ?? 2000;
   const debounceMs = options.debounceMs ?? 50;
+  const settleMs = options.settleMs ?? 1000;
+  const readTimeoutMs = options.readTimeoutMs;
+  const now = options.now ?? Date.now;
   const useWatch = options.watch ?? true;
 
   let policy: Policy | undefined;
@@ -84,6 +89,8 @@ export function createPolicySource(options: PolicySourceOptions): ManagedPolicyS
   let poller: NodeJS.Timeout | undefined;
   let debounce: NodeJS.Timeout | undefined;
   let closed = false;
+  /** Aborted by close(): cuts short any read or settle wait in progress. */
+  const shutdown = new AbortController();
   let running: Promise<CheckOutcome> | undefined;
   let queued: Promise<CheckOutcome> | undefined;
 
@@ -101,10 +108,41 @@ export function createPolicySource(options: PolicySourceOptions): ManagedPolicyS
     return "rejected";
   }
 
+  /**
+   * Reads the file until its bytes have settled: the file's ctime is `settleMs` old, or two reads
+   * `settleMs` apart give the same digest. A digest `known` already (in force, or refused) needs
+   * no settling: it is not a new version. `undefined` once closed.
+   */
+  async function readSettled(known: (digest: string) => boolean): Promise<PolicyReadResult | undefined> {
+    let candidate: { digest: string; at: number } | undefined;
+    for (let round = 1; ; round++) {
+      const read = await readPolicyFile(path, { timeoutMs: readTimeoutMs, signal: shutdown.signal });
+      if (closed) return undefined;
+      if (read.ok) {
+        const at = now();
+        if (known(read.digest) || read.changedAtMs <= at - settleMs) return read;
+        if (candidate?.digest === read.digest && at - candidate.at >= settleMs) return read;
+        if (candidate?.digest !== read.digest) candidate = { digest: read.digest, at };
+      } else if (read.changing !== true) {
+        return read;
+      }
+      if (round >= MAX_SETTLE_ROUNDS) {
+        const error = `(file): ${path} kept changing for ${round} reads ${settleMs} ms apart; not taken`;
+        return { ok: false, error };
+      }
+      try {
+        await sleep(settleMs, undefined, { signal: shutdown.signal });
+      } catch {
+        return undefined;
+      }
+    }
+  }
+
   async function checkOnce(): Promise<CheckOutcome> {
     const previous = policy;
-    if (!previous) return "unchanged";
-    const read = await readText(path);
+    if (!previous || closed) return "unchanged";
+    const read = await readSettled((d) => d === previous.digest || d === rejected);
+    if (read === undefined) return "unchanged";
     if (!read.ok) return refuse(read.error, [read.error]);
     if (read.digest === previous.digest) {
       rejected = undefined; // a bad version that was reverted may be reported again if it returns
@@ -171,7 +209,8 @@ export function createPolicySource(options: PolicySourceOptions): ManagedPolicyS
   return {
     async start() {
       if (policy) return { ok: true, policy };
-      const read = await readText(path);
+      const read = await readSettled(() => false);
+      if (read === undefined) return { ok: false, errors: ["(file): closed before the policy was read"] };
       if (!read.ok) return { ok: false, errors: [read.error] };
       const result = parsePolicy(read.text, path);
       if (!result.ok) return { ok: false, errors: result.errors };
@@ -192,6 +231,7 @@ export function createPolicySource(options: PolicySourceOptions): ManagedPolicyS
     check,
     async close() {
       closed = true;
+      shutdown.abort(); // a read or settle wait in progress ends now, so the await below is short
       clearInterval(poller);
       clearTimeout(debounce);
       watcher?.close();
