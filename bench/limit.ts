@@ -31,7 +31,7 @@ import {
   runLoad,
   sustainedRate,
   type LoadResult,
-} from "./support/fleet.js";
+} from "../test/support/fleet.js";
 import {
   type Child,
   emulatorAdmin,

@@ -17,8 +17,8 @@ import {
   runLoad,
   shanghaiId,
   sustainedRate,
-  waitFor,
-} from "../bench/support/fleet.js";
+} from "./support/fleet.js";
+import { pollUntil } from "./support/wait.js";
 import { ErrorDetailSchema, KeyPairService } from "../src/gen/keygate/v1/keygate_pb.js";
 import { createEmulator, EMULATOR_SECRET_ID, type Emulator } from "../src/upstream/emulator/index.js";
 import { createRedis, type RedisClient } from "../src/store/redis.js";
@@ -91,7 +91,7 @@ describe("the cloud says RequestLimitExceeded", () => {
     const mark = emulator.stats.arrivals.length;
     const load = startLoad(6_000, 300);
     // Once the load is saturating (past the cold hold-off), the next two calls to reach the cloud are refused.
-    await waitFor(() => associates(mark).length >= 15, 15_000);
+    await pollUntil(() => associates(mark).length >= 15, "15 calls at the emulator", 15_000);
     const depths = gateways.map((g) => g.app.limiter.queueDepth(BUCKET));
     emulator.faults.set({ rules: [{ kind: "requestLimitExceeded", action: ASSOCIATE, next: 2 }] });
     // The hold-off every replica obeys: the shared penalty key (Redis time until which grants are refused).
@@ -161,7 +161,7 @@ describe("a turn that cannot come before the deadline", () => {
     const load = startLoad(2_500, 150);
     const gw = gateways[0]!;
     // Wait for a deep queue on this replica: ~10 callers in front at ~10 grants/s shared by 3 replicas.
-    await waitFor(() => gw.app.limiter.queueDepth(BUCKET) >= 8, 10_000);
+    await pollUntil(() => gw.app.limiter.queueDepth(BUCKET) >= 8, "8 callers queued", 10_000);
     const depth = gw.app.limiter.queueDepth(BUCKET);
     // A different region, so its arrival (if any) is told apart: it shares the same bucket all the same.
     const client = clients()[0]!;

@@ -17,7 +17,7 @@ import {
   runLoad,
   stallMeter,
   sustainedRate,
-} from "../bench/support/fleet.js";
+} from "./support/fleet.js";
 import { ErrorDetailSchema, KeyPairService } from "../src/gen/keygate/v1/keygate_pb.js";
 import { createEmulator, type Emulator } from "../src/upstream/emulator/index.js";
 import { startGateway, type TestGateway } from "./support/app.js";

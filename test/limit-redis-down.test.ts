@@ -14,8 +14,8 @@ import {
   LOAD_KEY,
   LOAD_TOKEN,
   maxIn1000,
-  waitFor,
-} from "../bench/support/fleet.js";
+} from "./support/fleet.js";
+import { pollUntil } from "./support/wait.js";
 import { Health, HealthCheckResponse_ServingStatus as Status } from "../src/gen/health/v1/health_pb.js";
 import { ErrorDetailSchema, KeyPairService } from "../src/gen/keygate/v1/keygate_pb.js";
 import { createEmulator, type Emulator } from "../src/upstream/emulator/index.js";
@@ -67,7 +67,7 @@ describe("Redis goes down and comes back", () => {
     expect(await serving(Status.SERVING)).toBe(true);
 
     await redis.kill();
-    await waitFor(() => serving(Status.NOT_SERVING), 10_000, 50);
+    await pollUntil(() => serving(Status.NOT_SERVING), "NOT_SERVING", 10_000, 50);
     const mark = emulator.stats.arrivals.length;
 
     const outcomes = await Promise.all(
@@ -92,7 +92,7 @@ describe("Redis goes down and comes back", () => {
     expect(live.every((s) => s === Status.SERVING)).toBe(true);
 
     await redis.restart();
-    await waitFor(() => serving(Status.SERVING), 15_000, 50);
+    await pollUntil(() => serving(Status.SERVING), "SERVING again", 15_000, 50);
     const back = emulator.stats.arrivals.length;
     // Works again with no operator action; the empty (restarted) Redis holds off one window first.
     const after = await Promise.all(Array.from({ length: 12 }, (_, i) => call(gateways[i % 2]!, 15_000)));

@@ -5,6 +5,7 @@ import { createRedisLimiter } from "../src/limiter/redis-limiter.js";
 import { maxInAnyWindow } from "../src/limiter/window.js";
 import { createRedis, type RedisClient } from "../src/store/redis.js";
 import { startRedis, type RedisProcess } from "./support/redis-server.js";
+import { pollUntil } from "./support/wait.js";
 
 const never = new AbortController().signal;
 const MARGIN = 40;
@@ -13,14 +14,6 @@ async function connected(client: RedisClient): Promise<RedisClient> {
   client.on("error", () => undefined); // reconnect noise is expected here
   if (client.status !== "ready") await new Promise((r) => client.once("ready", r));
   return client;
-}
-
-async function until(cond: () => boolean, timeoutMs = 10_000): Promise<void> {
-  const end = Date.now() + timeoutMs;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error("condition not reached");
-    await new Promise((r) => setTimeout(r, 20));
-  }
 }
 
 let redis: RedisProcess;
@@ -147,7 +140,7 @@ describe("Redis limiter when Redis goes away", () => {
       expect(limiter.queueDepth()).toBe(0);
 
       await own.restart();
-      await until(() => client.status === "ready");
+      await pollUntil(() => client.status === "ready", "the Redis client reconnected", 10_000);
       const back = Date.now();
       await Promise.all(Array.from({ length: 10 }, take));
       // Redis lost the log: the first grant after it is one span later, never a burst into the old window.
