@@ -8,7 +8,7 @@ import { createMemoryOperationStore } from "../src/dedup/memory-operation-store.
 import type { OperationStore } from "../src/dedup/operation-store.js";
 import { createOperations, type OperationsOptions } from "../src/dedup/operations.js";
 import { createRedisOperationStore } from "../src/dedup/redis-operation-store.js";
-import { createRedis, type RedisClient } from "../src/store/redis.js";
+import { redisClients } from "./support/redis-client.js";
 import { startRedis, type RedisProcess } from "./support/redis-server.js";
 import { deferred, eventCounter, sleep } from "./support/wait.js";
 
@@ -22,15 +22,9 @@ interface Backend {
 }
 
 let redis: RedisProcess;
-const clients: RedisClient[] = [];
+const clients = redisClients();
 const memoryStore = createMemoryOperationStore({ clock: systemClock });
-
-async function connectedClient(): Promise<RedisClient> {
-  const client = createRedis(redis.url, { connectionName: "keygate-test" });
-  clients.push(client);
-  if (client.status !== "ready") await new Promise<void>((resolve) => client.once("ready", () => resolve()));
-  return client;
-}
+const connectedClient = () => clients.connect(redis.url);
 
 const backends: Backend[] = [
   {
@@ -62,7 +56,7 @@ beforeAll(async () => {
   redis = await startRedis();
 });
 afterAll(async () => {
-  await Promise.all(clients.splice(0).map((c) => c.quit()));
+  clients.closeAll();
   await redis?.stop();
 });
 

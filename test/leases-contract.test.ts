@@ -7,9 +7,9 @@ import type { LeaseStore } from "../src/leases/lease-store.js";
 import { createLeases, type LeasesOptions } from "../src/leases/leases.js";
 import { createMemoryLeaseStore } from "../src/leases/memory-lease-store.js";
 import { createRedisLeaseStore } from "../src/leases/redis-lease-store.js";
-import { createRedis, type RedisClient } from "../src/store/redis.js";
+import { redisClients } from "./support/redis-client.js";
 import { startRedis, type RedisProcess } from "./support/redis-server.js";
-import { eventCounter, sleep } from "./support/wait.js";
+import { eventCounter, pollUntil, sleep } from "./support/wait.js";
 
 /** Several "replicas" sharing one backend: separate Redis clients, or one in-memory store. */
 interface Backend {
@@ -20,7 +20,7 @@ interface Backend {
 }
 
 let redis: RedisProcess;
-const clients: RedisClient[] = [];
+const clients = redisClients();
 const opened: Leases[] = [];
 
 /** One in-memory store for the whole file, like one Redis: tests keep apart by scope. */
@@ -42,29 +42,19 @@ const backends: Backend[] = [
     async replicas(n, opts, attempts) {
       const made: Leases[] = [];
       for (let i = 0; i < n; i++) {
-        const client = await connectedClient(redis.url);
-        clients.push(client);
+        const client = await clients.connect(redis.url);
         const raw = createRedisLeaseStore({ client });
         made.push(createLeases({ clock: systemClock, store: attempts?.wrap(raw) ?? raw, ...opts }));
       }
       return track(made);
     },
-    closeAll: async () => {
-      await Promise.all(clients.splice(0).map((c) => c.quit()));
-    },
+    closeAll: () => Promise.resolve(clients.closeAll()),
   },
 ];
 
 function track(ls: Leases[]): Leases[] {
   opened.push(...ls);
   return ls;
-}
-
-/** Production-made client (no offline queue), returned once connected. */
-async function connectedClient(url: string): Promise<RedisClient> {
-  const client = createRedis(url, { connectionName: "keygate-test" });
-  if (client.status !== "ready") await new Promise<void>((resolve) => client.once("ready", () => resolve()));
-  return client;
 }
 
 const call = (ms = 10_000) => ({ signal: new AbortController().signal, deadline: Date.now() + ms });
@@ -341,6 +331,9 @@ describe.each(backends)("Leases contract ($name)", (backend) => {
     const held = await a!.acquire(scope, ["ins-00000001"], { ...call(), owner: "r1" });
     const waiting = b!.acquire(scope, ["ins-00000001", "ins-00000002"], { ...call(300), owner: "r2" });
     await attempts.reserved(1);
+    // Waiters are ordered by start time in ms (ties by a random id): r3 must start in a later ms.
+    const reservedAt = Date.now();
+    await pollUntil(() => Date.now() > reservedAt, "the clock to tick", 1_000, 1);
     const err = await a!
       .acquire(scope, ["ins-00000002"], { ...call(50), owner: "r3" })
       .catch((e: unknown) => e);

@@ -3,18 +3,13 @@ import { isKeygateError } from "../src/core/errors.js";
 import type { BucketSpec } from "../src/core/ports.js";
 import { createRedisLimiter } from "../src/limiter/redis-limiter.js";
 import { maxInAnyWindow } from "../src/limiter/window.js";
-import { createRedis, type RedisClient } from "../src/store/redis.js";
+import { createRedis } from "../src/store/redis.js";
+import { whenReady } from "./support/redis-client.js";
 import { startRedis, type RedisProcess } from "./support/redis-server.js";
 import { pollUntil, sleep } from "./support/wait.js";
 
 const never = new AbortController().signal;
 const MARGIN = 40;
-
-async function connected(client: RedisClient): Promise<RedisClient> {
-  client.on("error", () => undefined); // reconnect noise is expected here
-  if (client.status !== "ready") await new Promise((r) => client.once("ready", r));
-  return client;
-}
 
 let redis: RedisProcess;
 beforeAll(async () => {
@@ -33,7 +28,7 @@ describe("Redis limiter, several replicas sharing one Redis", () => {
     const bucket: BucketSpec = { key: "cred-1/cvm.tencentcloudapi.com/Associate", limit: 10, windowMs: 1000 };
     const clients = await Promise.all(
       Array.from({ length: REPLICAS }, (_, i) =>
-        connected(createRedis(redis.url, { connectionName: `r${i}` })),
+        whenReady(createRedis(redis.url, { connectionName: `r${i}` })),
       ),
     );
     let wasted = 0;
@@ -91,7 +86,7 @@ describe("Redis limiter, several replicas sharing one Redis", () => {
 
   it("a burst of 25 with a 1.8 s deadline: 10 to 20 granted, the rest RATE_LIMITED, nothing else", async () => {
     const clients = await Promise.all(
-      [0, 1].map((i) => connected(createRedis(redis.url, { connectionName: `burst${i}` }))),
+      [0, 1].map((i) => whenReady(createRedis(redis.url, { connectionName: `burst${i}` }))),
     );
     const limiters = clients.map((client) =>
       createRedisLimiter({ client, keyPrefix: "burst", marginMs: MARGIN, coldHoldOff: false }),
@@ -119,7 +114,7 @@ describe("Redis limiter, several replicas sharing one Redis", () => {
   });
 
   it("keeps a bucket's keys in one hash slot and lets them expire", async () => {
-    const client = await connected(createRedis(redis.url));
+    const client = await whenReady(createRedis(redis.url));
     const limiter = createRedisLimiter({ client, keyPrefix: "ttl", coldHoldOff: false });
     const bucket: BucketSpec = { key: "cred-2/ep/Associate", limit: 10, windowMs: 1000 };
     await limiter.acquire({ bucket, tenant: "t", weight: 1, signal: never });
@@ -139,7 +134,7 @@ describe("Redis limiter when Redis goes away", () => {
   it("fails closed with STORE_UNAVAILABLE, fails waiters, and recovers by itself without a burst", async () => {
     const own = await startRedis();
     try {
-      const client = await connected(createRedis(own.url, { connectionName: "outage" }));
+      const client = await whenReady(createRedis(own.url, { connectionName: "outage" }));
       const limiter = createRedisLimiter({ client, keyPrefix: "outage", marginMs: MARGIN });
       const bucket: BucketSpec = { key: "cred-3/ep/Associate", limit: 10, windowMs: 1000 };
       const grants: number[] = [];
