@@ -8,9 +8,7 @@ import { createConnectTransport } from "@connectrpc/connect-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
   ASSOCIATE,
-  FLEET_POLICY,
   fleetIds,
-  fleetInventory,
   LOAD_KEY,
   LOAD_TOKEN,
   maxIn1000,
@@ -20,41 +18,28 @@ import {
 } from "./support/fleet.js";
 import { pollUntil } from "./support/wait.js";
 import { ErrorDetailSchema, KeyPairService } from "../src/gen/keygate/v1/keygate_pb.js";
-import { createEmulator, EMULATOR_SECRET_ID, type Emulator } from "../src/upstream/emulator/index.js";
+import { EMULATOR_SECRET_ID, type Emulator } from "../src/upstream/emulator/index.js";
 import { createRedis, type RedisClient } from "../src/store/redis.js";
 import { secretIdentity } from "../src/upstream/tencent-upstream.js";
-import { startGateway, type TestGateway } from "./support/app.js";
-import { startRedis, type RedisProcess } from "./support/redis-server.js";
+import { type TestGateway } from "./support/app.js";
+import { startLimitFleet, type LimitFleet } from "./support/limit-fleet.js";
+import { whenReady } from "./support/redis-client.js";
 
 const INSTANCES = 80;
 
-let redis: RedisProcess;
+let fleet: LimitFleet | undefined;
 let emulator: Emulator;
 let gateways: TestGateway[] = [];
 let store: RedisClient;
 
 beforeAll(async () => {
-  redis = await startRedis();
-  emulator = await createEmulator({
-    host: "127.0.0.1",
-    port: 0,
-    taskMs: 50,
-    inventory: fleetInventory(INSTANCES),
-  });
-  store = createRedis(redis.url);
-  store.on("error", () => undefined);
-  for (let i = 0; i < 3; i++) {
-    gateways.push(
-      await startGateway({ emulator, policyText: FLEET_POLICY, env: { KEYGATE_REDIS_URL: redis.url } }),
-    );
-  }
+  fleet = await startLimitFleet({ replicas: 3, instances: INSTANCES });
+  ({ emulator, gateways } = fleet);
+  store = await whenReady(createRedis(fleet.redis.url));
 });
 afterAll(async () => {
-  await Promise.all(gateways.map((g) => g.stop()));
-  gateways = [];
   store?.disconnect();
-  await emulator?.close();
-  await redis?.stop();
+  await fleet?.stop();
 });
 
 const auth = { authorization: `Bearer ${LOAD_TOKEN}` };

@@ -6,40 +6,26 @@
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport } from "@connectrpc/connect-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import {
-  ASSOCIATE,
-  FLEET_POLICY,
-  fleetIds,
-  fleetInventory,
-  LOAD_KEY,
-  LOAD_TOKEN,
-  maxIn1000,
-} from "./support/fleet.js";
+import { ASSOCIATE, fleetIds, LOAD_KEY, LOAD_TOKEN, maxIn1000 } from "./support/fleet.js";
 import { pollUntil } from "./support/wait.js";
 import { Health, HealthCheckResponse_ServingStatus as Status } from "../src/gen/health/v1/health_pb.js";
 import { ErrorDetailSchema, KeyPairService } from "../src/gen/keygate/v1/keygate_pb.js";
-import { createEmulator, type Emulator } from "../src/upstream/emulator/index.js";
-import { startGateway, type TestGateway } from "./support/app.js";
-import { startRedis, type RedisProcess } from "./support/redis-server.js";
+import { type Emulator } from "../src/upstream/emulator/index.js";
+import { type TestGateway } from "./support/app.js";
+import { startLimitFleet, type LimitFleet } from "./support/limit-fleet.js";
+import type { RedisProcess } from "./support/redis-server.js";
 
+let fleet: LimitFleet | undefined;
 let redis: RedisProcess;
 let emulator: Emulator;
 let gateways: TestGateway[] = [];
 
 beforeAll(async () => {
-  redis = await startRedis();
-  emulator = await createEmulator({ host: "127.0.0.1", port: 0, taskMs: 50, inventory: fleetInventory(20) });
-  for (let i = 0; i < 2; i++) {
-    gateways.push(
-      await startGateway({ emulator, policyText: FLEET_POLICY, env: { KEYGATE_REDIS_URL: redis.url } }),
-    );
-  }
+  fleet = await startLimitFleet({ replicas: 2, instances: 20 });
+  ({ redis, emulator, gateways } = fleet);
 });
 afterAll(async () => {
-  await Promise.all(gateways.map((g) => g.stop()));
-  gateways = [];
-  await emulator?.close();
-  await redis?.stop();
+  await fleet?.stop();
 });
 
 const auth = { authorization: `Bearer ${LOAD_TOKEN}` };
