@@ -7,7 +7,8 @@ import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
-import { cleanEnv, killStrays, pollUntil, runToEnd, spawnKeygate, waitListening } from "./support/process.js";
+import { cleanEnv, killStrays, runToEnd, spawnKeygate, waitListening } from "./support/process.js";
+import { pollUntil } from "./support/wait.js";
 import { freePort } from "./support/redis-server.js";
 
 const keygate = (args: string[], env: Record<string, string> = {}) =>

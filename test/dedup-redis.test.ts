@@ -3,19 +3,12 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { systemClock } from "../src/core/clock.js";
 import { isKeygateError } from "../src/core/errors.js";
 import { operationsOn, redisBackend } from "../src/backends.js";
-import { createRedis, type RedisClient } from "../src/store/redis.js";
+import { redisClients } from "./support/redis-client.js";
 import { startRedis, type RedisProcess } from "./support/redis-server.js";
 
 let redis: RedisProcess;
-const clients: RedisClient[] = [];
-
-async function connectedClient(url: string): Promise<RedisClient> {
-  const client = createRedis(url, { connectionName: "keygate-test" });
-  client.on("error", () => undefined); // outages are what some tests provoke
-  clients.push(client);
-  if (client.status !== "ready") await new Promise<void>((resolve) => client.once("ready", () => resolve()));
-  return client;
-}
+const clients = redisClients();
+const connectedClient = (url: string) => clients.connect(url);
 
 const call = () => ({ signal: new AbortController().signal, deadline: Date.now() + 10_000 });
 const ok = () => Promise.resolve({ requestId: "req-1", deduplicated: false, instances: [] });
@@ -24,7 +17,7 @@ beforeAll(async () => {
   redis = await startRedis();
 });
 afterAll(async () => {
-  for (const c of clients) c.disconnect();
+  clients.closeAll();
   await redis?.stop();
 });
 

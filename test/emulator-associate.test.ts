@@ -1,5 +1,5 @@
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
-import { FakeClock } from "../src/core/clock.js";
+import { FakeClock } from "./support/fake-clock.js";
 import { isKeygateError } from "../src/core/errors.js";
 import type { AssociateInput } from "../src/core/model.js";
 import {

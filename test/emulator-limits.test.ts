@@ -1,6 +1,6 @@
 import fc from "fast-check";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
-import { FakeClock } from "../src/core/clock.js";
+import { FakeClock } from "./support/fake-clock.js";
 import { isKeygateError } from "../src/core/errors.js";
 import {
   createEmulator,

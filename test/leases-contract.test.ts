@@ -3,21 +3,24 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { systemClock } from "../src/core/clock.js";
 import { isKeygateError, keygateError } from "../src/core/errors.js";
 import type { Leases } from "../src/core/ports.js";
+import type { LeaseStore } from "../src/leases/lease-store.js";
 import { createLeases, type LeasesOptions } from "../src/leases/leases.js";
 import { createMemoryLeaseStore } from "../src/leases/memory-lease-store.js";
 import { createRedisLeaseStore } from "../src/leases/redis-lease-store.js";
-import { createRedis, type RedisClient } from "../src/store/redis.js";
+import { redisClients } from "./support/redis-client.js";
 import { startRedis, type RedisProcess } from "./support/redis-server.js";
+import { eventCounter, pollUntil, sleep } from "./support/wait.js";
 
 /** Several "replicas" sharing one backend: separate Redis clients, or one in-memory store. */
 interface Backend {
   name: string;
-  replicas(n: number, opts?: Partial<LeasesOptions>): Promise<Leases[]>;
+  /** `attempts` (see `attemptWatch`) sees the replicas' refused acquisition attempts. */
+  replicas(n: number, opts?: Partial<LeasesOptions>, attempts?: AttemptWatch): Promise<Leases[]>;
   closeAll(): Promise<void>;
 }
 
 let redis: RedisProcess;
-const clients: RedisClient[] = [];
+const clients = redisClients();
 const opened: Leases[] = [];
 
 /** One in-memory store for the whole file, like one Redis: tests keep apart by scope. */
@@ -26,29 +29,26 @@ const memoryStore = createMemoryLeaseStore({ clock: systemClock });
 const backends: Backend[] = [
   {
     name: "memory",
-    replicas(n, opts) {
+    replicas(n, opts, attempts) {
+      const store = attempts?.wrap(memoryStore) ?? memoryStore;
       return Promise.resolve(
-        track(
-          Array.from({ length: n }, () => createLeases({ clock: systemClock, store: memoryStore, ...opts })),
-        ),
+        track(Array.from({ length: n }, () => createLeases({ clock: systemClock, store, ...opts }))),
       );
     },
     closeAll: () => Promise.resolve(),
   },
   {
     name: "redis",
-    async replicas(n, opts) {
+    async replicas(n, opts, attempts) {
       const made: Leases[] = [];
       for (let i = 0; i < n; i++) {
-        const client = await connectedClient(redis.url);
-        clients.push(client);
-        made.push(createLeases({ clock: systemClock, store: createRedisLeaseStore({ client }), ...opts }));
+        const client = await clients.connect(redis.url);
+        const raw = createRedisLeaseStore({ client });
+        made.push(createLeases({ clock: systemClock, store: attempts?.wrap(raw) ?? raw, ...opts }));
       }
       return track(made);
     },
-    closeAll: async () => {
-      await Promise.all(clients.splice(0).map((c) => c.quit()));
-    },
+    closeAll: () => Promise.resolve(clients.closeAll()),
   },
 ];
 
@@ -57,15 +57,38 @@ function track(ls: Leases[]): Leases[] {
   return ls;
 }
 
-/** Production-made client (no offline queue), returned once connected. */
-async function connectedClient(url: string): Promise<RedisClient> {
-  const client = createRedis(url, { connectionName: "keygate-test" });
-  if (client.status !== "ready") await new Promise<void>((resolve) => client.once("ready", () => resolve()));
-  return client;
+const call = (ms = 10_000) => ({ signal: new AbortController().signal, deadline: Date.now() + ms });
+
+interface AttemptWatch {
+  wrap(store: LeaseStore): LeaseStore;
+  /** Resolves once `n` attempts were refused: the acquirer is now waiting. */
+  refused(n: number): Promise<void>;
+  /** Resolves once `n` refused attempts also reserved their ids (fairness). */
+  reserved(n: number): Promise<void>;
 }
 
-const call = (ms = 10_000) => ({ signal: new AbortController().signal, deadline: Date.now() + ms });
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+/** Watches `tryAcquire`, so a test knows an acquirer waits (and reserves) instead of guessing with a sleep. */
+function attemptWatch(): AttemptWatch {
+  const refused = eventCounter();
+  const reserved = eventCounter();
+  return {
+    wrap: (s) => ({
+      tryAcquire: async (scope, ids, owner, ttl, waiter) => {
+        const r = await s.tryAcquire(scope, ids, owner, ttl, waiter);
+        if (!r.ok) {
+          refused.bump();
+          if (waiter.reserve) reserved.bump();
+        }
+        return r;
+      },
+      withdraw: (scope, ids, waiter) => s.withdraw(scope, ids, waiter),
+      renew: (scope, ids, token, ttl) => s.renew(scope, ids, token, ttl),
+      release: (scope, ids, token) => s.release(scope, ids, token),
+    }),
+    refused: refused.reached,
+    reserved: reserved.reached,
+  };
+}
 
 beforeAll(async () => {
   redis = await startRedis();
@@ -103,7 +126,9 @@ describe.each(backends)("Leases contract ($name)", (backend) => {
   });
 
   it("waits for a busy instance and gets it when released", async () => {
-    const [a, b] = await backend.replicas(2);
+    const attempts = attemptWatch();
+    const [a] = await backend.replicas(1);
+    const [b] = await backend.replicas(1, {}, attempts);
     const scope = randomUUID();
     const held = await a!.acquire(scope, ["ins-00000001"], { ...call(), owner: "r1" });
     let got = false;
@@ -111,7 +136,7 @@ describe.each(backends)("Leases contract ($name)", (backend) => {
       got = true;
       return h;
     });
-    await sleep(50);
+    await attempts.refused(2); // refused, then refused again after its first pause: it waits
     expect(got).toBe(false);
     await held.release();
     const h = await waiting;
@@ -121,20 +146,30 @@ describe.each(backends)("Leases contract ($name)", (backend) => {
 
   it("scopes are independent", async () => {
     const [a] = await backend.replicas(1);
-    const h1 = await a!.acquire(randomUUID(), ["ins-00000001"], { ...call(), owner: "r1" });
-    const h2 = await a!.acquire(randomUUID(), ["ins-00000001"], { ...call(100), owner: "r1" });
+    const [scope1, scope2] = [randomUUID(), randomUUID()];
+    const h1 = await a!.acquire(scope1, ["ins-00000001"], { ...call(), owner: "r1" });
+    // The same instance id in another scope is another instance: granted at once...
+    const h2 = await a!.acquire(scope2, ["ins-00000001"], { ...call(100), owner: "r1" });
+    expect(h2.lost.aborted).toBe(false);
+    // ...while in the first scope it is really held.
+    const err = await a!
+      .acquire(scope1, ["ins-00000001"], { ...call(100), owner: "r2" })
+      .catch((e: unknown) => e);
+    expect(isKeygateError(err) && err.reason).toBe("INSTANCE_BUSY");
     await Promise.all([h1.release(), h2.release()]);
+    expect([h1.lost.aborted, h2.lost.aborted]).toEqual([false, false]);
   });
 
   it("ends the wait on abort with CANCELLED, or with the signal's own KeygateError", async () => {
-    const [a] = await backend.replicas(1);
+    const attempts = attemptWatch();
+    const [a] = await backend.replicas(1, {}, attempts);
     const scope = randomUUID();
     const held = await a!.acquire(scope, ["ins-00000001"], { ...call(), owner: "r1" });
     const ctl = new AbortController();
     const waiting = a!
       .acquire(scope, ["ins-00000001"], { signal: ctl.signal, owner: "r2" })
       .catch((e: unknown) => e);
-    await sleep(30);
+    await attempts.refused(1);
     ctl.abort();
     const err = await waiting;
     expect(isKeygateError(err) && err.reason).toBe("CANCELLED");
@@ -185,10 +220,19 @@ describe.each(backends)("Leases contract ($name)", (backend) => {
   });
 
   it("release is idempotent and never throws", async () => {
-    const [a] = await backend.replicas(1);
-    const h = await a!.acquire(randomUUID(), ["ins-00000001"], { ...call(), owner: "r1" });
-    await h.release();
-    await h.release();
+    const [a, b] = await backend.replicas(2);
+    const scope = randomUUID();
+    const h = await a!.acquire(scope, ["ins-00000001"], { ...call(), owner: "r1" });
+    await expect(h.release()).resolves.toBeUndefined();
+    await expect(h.release()).resolves.toBeUndefined();
+    // Freed by the first release, and a repeated release does not free someone else's lease.
+    const next = await b!.acquire(scope, ["ins-00000001"], { ...call(100), owner: "r2" });
+    await expect(h.release()).resolves.toBeUndefined();
+    const err = await a!
+      .acquire(scope, ["ins-00000001"], { ...call(100), owner: "r3" })
+      .catch((e: unknown) => e);
+    expect(isKeygateError(err) && err.reason).toBe("INSTANCE_BUSY");
+    await next.release();
   });
 
   it("refuses new acquisitions after close", async () => {
@@ -244,32 +288,52 @@ describe.each(backends)("Leases contract ($name)", (backend) => {
     const scope = randomUUID();
     const pool = Array.from({ length: 6 }, (_, i) => `ins-1000000${i}`);
     let bigDone = false;
-    let smallGrants = 0;
+    let smallsStopped = 0;
+    const smallGrants = eventCounter();
+    // The order of events as they happened: "small" grants, "big-asks", "big" (its grant).
+    const order: string[] = [];
     // Small requests overlap so that some instance of the pool is nearly always held.
     const small = async (w: number) => {
       for (let round = 0; !bigDone && round < 10_000; round++) {
         const ids = [pool[(w + round) % pool.length]!];
         const h = await replicas[w % 2]!.acquire(scope, ids, { ...call(30_000), owner: `small-${w}` });
-        smallGrants++;
+        order.push("small");
+        smallGrants.bump();
         await sleep(15);
         await h.release();
       }
+      smallsStopped++;
     };
     const smalls = Array.from({ length: 8 }, (_, w) => small(w));
-    await sleep(50);
+    await smallGrants.reached(8); // the stream is flowing before the large request arrives
+    order.push("big-asks");
     const big = await replicas[0]!.acquire(scope, pool, { ...call(20_000), owner: "big" });
+    order.push("big");
+    const stoppedBeforeBig = smallsStopped;
     bigDone = true;
     await big.release();
     await Promise.all(smalls);
-    expect(smallGrants).toBeGreaterThan(0);
+    const asked = order.indexOf("big-asks");
+    const granted = order.indexOf("big");
+    expect(asked).toBeGreaterThanOrEqual(8);
+    expect(granted).toBeGreaterThan(asked);
+    // It waited while small ones kept being granted, and got its turn in the middle of the
+    // stream: every small requester was still asking when the large one was granted.
+    expect(order.slice(asked + 1, granted)).toContain("small");
+    expect(stoppedBeforeBig).toBe(0);
   });
 
   it("a waiter's reservations block younger acquirers only while it waits", async () => {
-    const [a, b] = await backend.replicas(2, { fairAfterMs: 0 });
+    const attempts = attemptWatch();
+    const [a] = await backend.replicas(1, { fairAfterMs: 0 });
+    const [b] = await backend.replicas(1, { fairAfterMs: 0 }, attempts);
     const scope = randomUUID();
     const held = await a!.acquire(scope, ["ins-00000001"], { ...call(), owner: "r1" });
     const waiting = b!.acquire(scope, ["ins-00000001", "ins-00000002"], { ...call(300), owner: "r2" });
-    await sleep(100);
+    await attempts.reserved(1);
+    // Waiters are ordered by start time in ms (ties by a random id): r3 must start in a later ms.
+    const reservedAt = Date.now();
+    await pollUntil(() => Date.now() > reservedAt, "the clock to tick", 1_000, 1);
     const err = await a!
       .acquire(scope, ["ins-00000002"], { ...call(50), owner: "r3" })
       .catch((e: unknown) => e);

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { FakeClock } from "../src/core/clock.js";
+import { FakeClock } from "./support/fake-clock.js";
 import { isKeygateError } from "../src/core/errors.js";
 import type { LeaseStore } from "../src/leases/lease-store.js";
 import { createLeases } from "../src/leases/leases.js";

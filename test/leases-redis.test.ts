@@ -3,19 +3,12 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { systemClock } from "../src/core/clock.js";
 import { isKeygateError } from "../src/core/errors.js";
 import { leasesOn, redisBackend } from "../src/backends.js";
-import { createRedis, type RedisClient } from "../src/store/redis.js";
+import { redisClients, whenReady } from "./support/redis-client.js";
 import { startRedis, type RedisProcess } from "./support/redis-server.js";
 
 let redis: RedisProcess;
-const clients: RedisClient[] = [];
-
-async function connectedClient(): Promise<RedisClient> {
-  const client = createRedis(redis.url, { connectionName: "keygate-test" });
-  client.on("error", () => undefined); // outages are what some tests provoke
-  clients.push(client);
-  if (client.status !== "ready") await new Promise<void>((resolve) => client.once("ready", () => resolve()));
-  return client;
-}
+const clients = redisClients();
+const connectedClient = () => clients.connect(redis.url);
 
 const call = (ms = 10_000) => ({ signal: new AbortController().signal, deadline: Date.now() + ms });
 
@@ -23,7 +16,7 @@ beforeAll(async () => {
   redis = await startRedis();
 });
 afterAll(async () => {
-  for (const c of clients) c.disconnect();
+  clients.closeAll();
   await redis?.stop();
 });
 
@@ -72,10 +65,7 @@ describe("Redis leases", () => {
   it("Redis down → STORE_UNAVAILABLE at once; works again after Redis is back", async () => {
     const own = await startRedis();
     try {
-      const client = createRedis(own.url, { connectionName: "keygate-test" });
-      client.on("error", () => undefined);
-      clients.push(client);
-      await new Promise<void>((resolve) => client.once("ready", () => resolve()));
+      const client = await clients.connect(own.url);
       const leases = leasesOn(redisBackend(client), { clock: systemClock });
       await own.kill();
       await new Promise<void>((resolve) =>
@@ -86,9 +76,7 @@ describe("Redis leases", () => {
         .catch((e: unknown) => e);
       expect(isKeygateError(err) && err.reason).toBe("STORE_UNAVAILABLE");
       await own.restart();
-      await new Promise<void>((resolve) =>
-        client.status === "ready" ? resolve() : client.once("ready", () => resolve()),
-      );
+      await whenReady(client);
       const h = await leases.acquire(randomUUID(), ["ins-00000001"], { ...call(), owner: "r" });
       await h.release();
       await leases.close();

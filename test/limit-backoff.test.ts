@@ -8,53 +8,38 @@ import { createConnectTransport } from "@connectrpc/connect-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
   ASSOCIATE,
-  FLEET_POLICY,
   fleetIds,
-  fleetInventory,
   LOAD_KEY,
   LOAD_TOKEN,
   maxIn1000,
   runLoad,
   shanghaiId,
   sustainedRate,
-  waitFor,
-} from "../bench/support/fleet.js";
+} from "./support/fleet.js";
+import { pollUntil } from "./support/wait.js";
 import { ErrorDetailSchema, KeyPairService } from "../src/gen/keygate/v1/keygate_pb.js";
-import { createEmulator, EMULATOR_SECRET_ID, type Emulator } from "../src/upstream/emulator/index.js";
+import { EMULATOR_SECRET_ID, type Emulator } from "../src/upstream/emulator/index.js";
 import { createRedis, type RedisClient } from "../src/store/redis.js";
 import { secretIdentity } from "../src/upstream/tencent-upstream.js";
-import { startGateway, type TestGateway } from "./support/app.js";
-import { startRedis, type RedisProcess } from "./support/redis-server.js";
+import { type TestGateway } from "./support/app.js";
+import { startLimitFleet, type LimitFleet } from "./support/limit-fleet.js";
+import { whenReady } from "./support/redis-client.js";
 
 const INSTANCES = 80;
 
-let redis: RedisProcess;
+let fleet: LimitFleet | undefined;
 let emulator: Emulator;
 let gateways: TestGateway[] = [];
 let store: RedisClient;
 
 beforeAll(async () => {
-  redis = await startRedis();
-  emulator = await createEmulator({
-    host: "127.0.0.1",
-    port: 0,
-    taskMs: 50,
-    inventory: fleetInventory(INSTANCES),
-  });
-  store = createRedis(redis.url);
-  store.on("error", () => undefined);
-  for (let i = 0; i < 3; i++) {
-    gateways.push(
-      await startGateway({ emulator, policyText: FLEET_POLICY, env: { KEYGATE_REDIS_URL: redis.url } }),
-    );
-  }
+  fleet = await startLimitFleet({ replicas: 3, instances: INSTANCES });
+  ({ emulator, gateways } = fleet);
+  store = await whenReady(createRedis(fleet.redis.url));
 });
 afterAll(async () => {
-  await Promise.all(gateways.map((g) => g.stop()));
-  gateways = [];
   store?.disconnect();
-  await emulator?.close();
-  await redis?.stop();
+  await fleet?.stop();
 });
 
 const auth = { authorization: `Bearer ${LOAD_TOKEN}` };
@@ -91,7 +76,7 @@ describe("the cloud says RequestLimitExceeded", () => {
     const mark = emulator.stats.arrivals.length;
     const load = startLoad(6_000, 300);
     // Once the load is saturating (past the cold hold-off), the next two calls to reach the cloud are refused.
-    await waitFor(() => associates(mark).length >= 15, 15_000);
+    await pollUntil(() => associates(mark).length >= 15, "15 calls at the emulator", 15_000);
     const depths = gateways.map((g) => g.app.limiter.queueDepth(BUCKET));
     emulator.faults.set({ rules: [{ kind: "requestLimitExceeded", action: ASSOCIATE, next: 2 }] });
     // The hold-off every replica obeys: the shared penalty key (Redis time until which grants are refused).
@@ -161,7 +146,7 @@ describe("a turn that cannot come before the deadline", () => {
     const load = startLoad(2_500, 150);
     const gw = gateways[0]!;
     // Wait for a deep queue on this replica: ~10 callers in front at ~10 grants/s shared by 3 replicas.
-    await waitFor(() => gw.app.limiter.queueDepth(BUCKET) >= 8, 10_000);
+    await pollUntil(() => gw.app.limiter.queueDepth(BUCKET) >= 8, "8 callers queued", 10_000);
     const depth = gw.app.limiter.queueDepth(BUCKET);
     // A different region, so its arrival (if any) is told apart: it shares the same bucket all the same.
     const client = clients()[0]!;

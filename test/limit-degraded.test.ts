@@ -6,7 +6,8 @@
  */
 import { setMaxListeners } from "node:events";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { maxIn1000, waitFor } from "../bench/support/fleet.js";
+import { maxIn1000 } from "./support/fleet.js";
+import { pollUntil } from "./support/wait.js";
 import { isKeygateError } from "../src/core/errors.js";
 import { createLocalShareLimiter, type LocalShareMode } from "../src/limiter/local-share-limiter.js";
 import { limiterOn, memoryBackend, redisBackend } from "../src/backends.js";
@@ -31,7 +32,7 @@ async function replica(prefix: string, replicas: number) {
   const client = createRedis(redis.url);
   clients.push(client);
   client.on("error", () => undefined);
-  await waitFor(() => client.status === "ready", 5_000);
+  await pollUntil(() => client.status === "ready", "the Redis client ready", 5_000);
   const modes: LocalShareMode[] = [];
   const limiter = createLocalShareLimiter({
     primary: limiterOn(redisBackend(client), { keyPrefix: prefix }),
@@ -91,14 +92,22 @@ describe("local-share when Redis is down", () => {
     const t0 = Date.now();
     const run = saturate(reps, bucket, 24, t0 + 25_000);
 
-    await waitFor(() => run.grants.flat().length >= 15, 10_000); // past the cold hold-off, saturated
+    await pollUntil(() => run.grants.flat().length >= 15, "15 grants", 10_000); // past the cold hold-off, saturated
     const killedAt = Date.now();
     await redis.kill();
-    await waitFor(() => reps.every((r) => r.limiter.mode() === "local-share"), 5_000);
+    await pollUntil(
+      () => reps.every((r) => r.limiter.mode() === "local-share"),
+      "every replica in local-share",
+      5_000,
+    );
     await new Promise((res) => setTimeout(res, 2_500));
     const restartedAt = Date.now();
     await redis.restart();
-    await waitFor(() => reps.every((r) => r.limiter.mode() === "primary"), 15_000);
+    await pollUntil(
+      () => reps.every((r) => r.limiter.mode() === "primary"),
+      "every replica back on Redis",
+      15_000,
+    );
     const backAt = Date.now();
     await new Promise((res) => setTimeout(res, 1_500));
     run.stop();
@@ -140,7 +149,7 @@ describe("local-share when Redis is down", () => {
     const bucket = { key: "cred:cvm:Associate20", limit: 10, windowMs: 1000 };
     const t0 = Date.now();
     const run = saturate([rep], bucket, 4, t0 + 3_500);
-    await waitFor(() => run.grants[0]!.length >= 1, 5_000);
+    await pollUntil(() => run.grants[0]!.length >= 1, "a first grant", 5_000);
     // The cloud said RequestLimitExceeded: the local limiter holds off too.
     await rep.limiter.penalize(bucket, 1_500);
     const penalizedAt = Date.now();

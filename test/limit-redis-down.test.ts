@@ -6,40 +6,26 @@
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport } from "@connectrpc/connect-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import {
-  ASSOCIATE,
-  FLEET_POLICY,
-  fleetIds,
-  fleetInventory,
-  LOAD_KEY,
-  LOAD_TOKEN,
-  maxIn1000,
-  waitFor,
-} from "../bench/support/fleet.js";
+import { ASSOCIATE, fleetIds, LOAD_KEY, LOAD_TOKEN, maxIn1000 } from "./support/fleet.js";
+import { pollUntil } from "./support/wait.js";
 import { Health, HealthCheckResponse_ServingStatus as Status } from "../src/gen/health/v1/health_pb.js";
 import { ErrorDetailSchema, KeyPairService } from "../src/gen/keygate/v1/keygate_pb.js";
-import { createEmulator, type Emulator } from "../src/upstream/emulator/index.js";
-import { startGateway, type TestGateway } from "./support/app.js";
-import { startRedis, type RedisProcess } from "./support/redis-server.js";
+import { type Emulator } from "../src/upstream/emulator/index.js";
+import { type TestGateway } from "./support/app.js";
+import { startLimitFleet, type LimitFleet } from "./support/limit-fleet.js";
+import type { RedisProcess } from "./support/redis-server.js";
 
+let fleet: LimitFleet | undefined;
 let redis: RedisProcess;
 let emulator: Emulator;
 let gateways: TestGateway[] = [];
 
 beforeAll(async () => {
-  redis = await startRedis();
-  emulator = await createEmulator({ host: "127.0.0.1", port: 0, taskMs: 50, inventory: fleetInventory(20) });
-  for (let i = 0; i < 2; i++) {
-    gateways.push(
-      await startGateway({ emulator, policyText: FLEET_POLICY, env: { KEYGATE_REDIS_URL: redis.url } }),
-    );
-  }
+  fleet = await startLimitFleet({ replicas: 2, instances: 20 });
+  ({ redis, emulator, gateways } = fleet);
 });
 afterAll(async () => {
-  await Promise.all(gateways.map((g) => g.stop()));
-  gateways = [];
-  await emulator?.close();
-  await redis?.stop();
+  await fleet?.stop();
 });
 
 const auth = { authorization: `Bearer ${LOAD_TOKEN}` };
@@ -67,7 +53,7 @@ describe("Redis goes down and comes back", () => {
     expect(await serving(Status.SERVING)).toBe(true);
 
     await redis.kill();
-    await waitFor(() => serving(Status.NOT_SERVING), 10_000, 50);
+    await pollUntil(() => serving(Status.NOT_SERVING), "NOT_SERVING", 10_000, 50);
     const mark = emulator.stats.arrivals.length;
 
     const outcomes = await Promise.all(
@@ -92,7 +78,7 @@ describe("Redis goes down and comes back", () => {
     expect(live.every((s) => s === Status.SERVING)).toBe(true);
 
     await redis.restart();
-    await waitFor(() => serving(Status.SERVING), 15_000, 50);
+    await pollUntil(() => serving(Status.SERVING), "SERVING again", 15_000, 50);
     const back = emulator.stats.arrivals.length;
     // Works again with no operator action; the empty (restarted) Redis holds off one window first.
     const after = await Promise.all(Array.from({ length: 12 }, (_, i) => call(gateways[i % 2]!, 15_000)));

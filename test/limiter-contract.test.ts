@@ -3,7 +3,8 @@ import type { BucketSpec } from "../src/core/ports.js";
 import type { Limiter } from "../src/limiter/limiter.js";
 import { limiterOn, memoryBackend, redisBackend } from "../src/backends.js";
 import { maxInAnyWindow } from "../src/limiter/window.js";
-import { createRedis, type RedisClient } from "../src/store/redis.js";
+import { createRedis } from "../src/store/redis.js";
+import { whenReady } from "./support/redis-client.js";
 import { startRedis, type RedisProcess } from "./support/redis-server.js";
 
 const never = new AbortController().signal;
@@ -126,13 +127,6 @@ describeLimiterContract("memory", () => {
   return Promise.resolve({ limiter, other: limiter, close: () => limiter.close() });
 });
 
-/** Without an offline queue, commands fail until the connection is up: wait for it. */
-export async function connected(client: RedisClient): Promise<RedisClient> {
-  client.on("error", () => undefined); // reconnects are expected in these tests
-  if (client.status !== "ready") await new Promise((r) => client.once("ready", r));
-  return client;
-}
-
 let redis: RedisProcess;
 beforeAll(async () => {
   redis = await startRedis();
@@ -142,8 +136,8 @@ afterAll(async () => {
 });
 
 describeLimiterContract("redis", async () => {
-  const a = await connected(createRedis(redis.url, { connectionName: "contract-a" }));
-  const b = await connected(createRedis(redis.url, { connectionName: "contract-b" }));
+  const a = await whenReady(createRedis(redis.url, { connectionName: "contract-a" }));
+  const b = await whenReady(createRedis(redis.url, { connectionName: "contract-b" }));
   const opts = { marginMs: MARGIN, keyPrefix: `t${process.pid}`, coldHoldOff: false };
   const limiter = limiterOn(redisBackend(a), opts);
   const other = limiterOn(redisBackend(b), opts);

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { FakeClock } from "../src/core/clock.js";
+import { FakeClock } from "./support/fake-clock.js";
 import { isKeygateError, type KeygateError } from "../src/core/errors.js";
 import type { BucketSpec } from "../src/core/ports.js";
 import { createLimiter, type LimiterGrant, type LimiterOptions } from "../src/limiter/limiter.js";

@@ -15,7 +15,8 @@ import { ErrorDetailSchema, KeyPairService } from "../src/gen/keygate/v1/keygate
 import type { Emulator } from "../src/upstream/emulator/index.js";
 import { startEmulator } from "./support/app.js";
 import { sha256 } from "./support/policies.js";
-import { killStrays, pollUntil, serveEnv, spawnKeygate, waitListening } from "./support/process.js";
+import { killStrays, serveEnv, spawnKeygate, waitListening } from "./support/process.js";
+import { pollUntil } from "./support/wait.js";
 import { freePort } from "./support/redis-server.js";
 
 const TOKEN = "ops-drain-token-0123456789";

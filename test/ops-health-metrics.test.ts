@@ -15,15 +15,8 @@ import { createMetrics } from "../src/observability/metrics.js";
 import { EMULATOR_SECRET_KEY, type Emulator } from "../src/upstream/emulator/index.js";
 import { startEmulator } from "./support/app.js";
 import { sha256 } from "./support/policies.js";
-import {
-  type Child,
-  killStrays,
-  pollUntil,
-  ROOT,
-  serveEnv,
-  spawnKeygate,
-  waitListening,
-} from "./support/process.js";
+import { type Child, killStrays, ROOT, serveEnv, spawnKeygate, waitListening } from "./support/process.js";
+import { pollUntil } from "./support/wait.js";
 import { freePort } from "./support/redis-server.js";
 
 const TOKEN_OPS = "ops-metrics-token-0123456789";

@@ -11,14 +11,8 @@ import type { Emulator } from "../src/upstream/emulator/index.js";
 import { startEmulator } from "./support/app.js";
 import { startRedis } from "./support/redis-server.js";
 import { sha256 } from "./support/policies.js";
-import {
-  type Child,
-  killStrays,
-  pollUntil,
-  serveEnv,
-  spawnKeygate,
-  waitListening,
-} from "./support/process.js";
+import { type Child, killStrays, serveEnv, spawnKeygate, waitListening } from "./support/process.js";
+import { pollUntil } from "./support/wait.js";
 
 const TOKEN = "ops-logs-token-0123456789";
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;

@@ -16,7 +16,8 @@ import { startTracing } from "../src/observability/tracing.js";
 import type { Emulator } from "../src/upstream/emulator/index.js";
 import { startEmulator } from "./support/app.js";
 import { sha256 } from "./support/policies.js";
-import { killStrays, pollUntil, serveEnv, spawnChild, waitListening } from "./support/process.js";
+import { killStrays, serveEnv, spawnChild, waitListening } from "./support/process.js";
+import { pollUntil } from "./support/wait.js";
 
 const TOKEN = "ops-tracing-token-0123456789";
 

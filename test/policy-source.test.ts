@@ -10,6 +10,7 @@ import {
   createStaticPolicySource,
   type ManagedPolicySource,
 } from "../src/policy/source.js";
+import { pollUntil } from "./support/wait.js";
 
 const HASH = "631be138e52c7bc6d6f1c602cb9811ea36f75b58e35b5a780c55c9686882b18f";
 
@@ -30,15 +31,6 @@ tenants:
     instances: "*"
     keys: "*"
 `;
-
-/** Polls `condition` until it holds; the generous bound only matters when the code is broken. */
-async function eventually(condition: () => boolean, what: string, timeoutMs = 15_000): Promise<void> {
-  const until = Date.now() + timeoutMs;
-  while (!condition()) {
-    if (Date.now() > until) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
 
 const tenantsOf = (p: Policy) => [...p.tenants.keys()];
 
@@ -82,7 +74,7 @@ describe("policy source", () => {
     expect(start.ok && tenantsOf(start.policy)).toEqual(["first"]);
 
     await configMapUpdate("2024_01_01_00_05_00.2", "2024_01_01_00_00_00.1", policyText("second"));
-    await eventually(() => tenantsOf(source!.current())[0] === "second", "the swapped version");
+    await pollUntil(() => tenantsOf(source!.current())[0] === "second", "the swapped version", 15_000);
     expect(reloaded).toEqual([["second"]]);
     expect(source.reloads).toBe(1);
     expect(source.failures).toBe(0);
@@ -94,7 +86,7 @@ describe("policy source", () => {
     source = createPolicySource({ path, pollMs: 600_000 });
     await source.start();
     await writeFile(path, policyText("second"));
-    await eventually(() => tenantsOf(source!.current())[0] === "second", "the rewritten version");
+    await pollUntil(() => tenantsOf(source!.current())[0] === "second", "the rewritten version", 15_000);
   });
 
   it("notices changes by polling alone when there is no watch", async () => {
@@ -102,10 +94,10 @@ describe("policy source", () => {
     source = createPolicySource({ path, pollMs: 50, watch: false });
     await source.start();
     await configMapUpdate("v2", "v1", policyText("second"));
-    await eventually(() => tenantsOf(source!.current())[0] === "second", "the polled version");
+    await pollUntil(() => tenantsOf(source!.current())[0] === "second", "the polled version", 15_000);
     const inPlace = join(dir, "..v2", "policy.yaml");
     await writeFile(inPlace, policyText("third"));
-    await eventually(() => tenantsOf(source!.current())[0] === "third", "the polled in-place write");
+    await pollUntil(() => tenantsOf(source!.current())[0] === "third", "the polled in-place write", 15_000);
     expect(source.reloads).toBe(2);
   });
 
@@ -117,7 +109,7 @@ describe("policy source", () => {
     const before = source.current();
 
     await configMapUpdate("v2", "v1", BAD);
-    await eventually(() => source!.failures === 1, "the refusal");
+    await pollUntil(() => source!.failures === 1, "the refusal", 15_000);
     expect(source.current()).toBe(before);
     expect(reported).toEqual([
       [expect.stringContaining('tenants.broken.regions[0]: "ap-mars" is not a supported region')],
@@ -129,7 +121,7 @@ describe("policy source", () => {
     expect(source.failures).toBe(1);
 
     await configMapUpdate("v3", "v2", policyText("fixed"));
-    await eventually(() => tenantsOf(source!.current())[0] === "fixed", "the fixed version");
+    await pollUntil(() => tenantsOf(source!.current())[0] === "fixed", "the fixed version", 15_000);
     expect(source.lastErrors).toEqual([]);
     expect(source.reloads).toBe(1);
   });

@@ -18,6 +18,7 @@ import type { Emulator } from "../src/upstream/emulator/index.js";
 import { startEmulator, startGateway, type TestGateway } from "./support/app.js";
 import { ConfigMapVolume } from "./support/configmap-volume.js";
 import { sha256 } from "./support/policies.js";
+import { pollValue } from "./support/wait.js";
 
 const TOKEN_A = "adv-token-team-a-7f3c9e21";
 const TOKEN_B = "adv-token-team-b-51d0aa94";
@@ -94,17 +95,6 @@ async function metric(name: string, labels: Record<string, string> = {}): Promis
   return 0;
 }
 
-async function eventually<T>(what: string, probe: () => Promise<T>, ok: (v: T) => boolean): Promise<T> {
-  const until = Date.now() + 20_000;
-  let last: T = await probe();
-  while (!ok(last)) {
-    if (Date.now() > until) throw new Error(`timed out waiting for ${what}; last: ${JSON.stringify(last)}`);
-    await new Promise((r) => setTimeout(r, 50));
-    last = await probe();
-  }
-  return last;
-}
-
 let mark = 0;
 let tokensBefore = 0;
 beforeEach(async () => {
@@ -153,7 +143,7 @@ async function refused(req: Req, headers: Record<string, string>, http: "1.1" | 
   if (!("err" in result)) throw new Error(`allowed: ${JSON.stringify(req)}`);
   const err = result.err;
   const detail = err.findDetails(ErrorDetailSchema)[0];
-  const audits = await eventually(
+  const audits = await pollValue(
     `the audit line of ${requestId}`,
     () => Promise.resolve(gw.logs.audits().filter((a) => a.requestId === requestId)),
     (a) => a.length > 0,
@@ -425,7 +415,7 @@ describe("a tenant removed by a policy reload", () => {
 
     const reloadsBefore = await metric("keygate_policy_reloads_total", { result: "ok" });
     volume.publish(policyYaml(false));
-    await eventually(
+    await pollValue(
       "the reload to be counted",
       () => metric("keygate_policy_reloads_total", { result: "ok" }),
       (n) => n === reloadsBefore + 1,

@@ -17,6 +17,7 @@ import type { Emulator } from "../src/upstream/emulator/index.js";
 import { startEmulator, startGateway, type TestGateway } from "./support/app.js";
 import { ConfigMapVolume } from "./support/configmap-volume.js";
 import { sha256 } from "./support/policies.js";
+import { pollValue } from "./support/wait.js";
 
 const TOKEN_A = "reload-token-team-a-0b6f1d";
 const TOKEN_NEW = "reload-token-team-new-93ac2e";
@@ -62,18 +63,6 @@ async function metric(gw: TestGateway, name: string, labels: Record<string, stri
     if (want.every((w) => have.includes(w))) return Number(m[3]);
   }
   return 0;
-}
-
-/** Polls `probe` until `ok`, for up to 20 s (the file poll alone would take 2 s). */
-async function eventually<T>(what: string, probe: () => Promise<T>, ok: (v: T) => boolean): Promise<T> {
-  const until = Date.now() + 20_000;
-  let last = await probe();
-  while (!ok(last)) {
-    if (Date.now() > until) throw new Error(`timed out waiting for ${what}; last: ${JSON.stringify(last)}`);
-    await new Promise((r) => setTimeout(r, 50));
-    last = await probe();
-  }
-  return last;
 }
 
 /** The reason a call got ("OK" when allowed). */
@@ -137,7 +126,7 @@ describe("a file written in place", () => {
     const started = Date.now();
     writeFileSync(file, policy({ regions: ["ap-guangzhou", "ap-shanghai"] }));
     // Each probe before the reload is refused by the policy and costs the cloud nothing.
-    await eventually(
+    await pollValue(
       "ap-shanghai to be allowed",
       () => reasonOf(gw, TOKEN_A, shanghai),
       (r) => r === "OK",
@@ -155,7 +144,7 @@ describe("a file written in place", () => {
     // A typo that would silently drop a restriction if it were ignored.
     writeFileSync(file, policy({ regions: ["ap-guangzhou", "ap-shanghai"] }).replace("keys:", "key:"));
     // ">=": an in-place write truncates first, so a read may also catch (and refuse) an empty file.
-    await eventually(
+    await pollValue(
       "the rejection to be counted",
       () => reloads(gw, "rejected"),
       (n) => n >= rejectedBefore + 1,
@@ -187,7 +176,7 @@ describe("a ConfigMap updated with the kubelet's ..data symlink swap", () => {
     expect(await reasonOf(gw, TOKEN_NEW, forNew)).toBe("UNAUTHENTICATED");
     const okBefore = await reloads(gw, "ok");
     volume.publish(policy({ withNewTenant: true }));
-    await eventually(
+    await pollValue(
       "team-new to be let in",
       () => reasonOf(gw, TOKEN_NEW, forNew),
       (r) => r === "OK",
@@ -206,12 +195,12 @@ describe("a ConfigMap updated with the kubelet's ..data symlink swap", () => {
       .replace("keys: [skey-aaaaaaaa]", "keys: [skey-aaaaaaaa, SKEY-BAD]\n    force-stop: true");
     volume.publish(bad);
 
-    await eventually(
+    await pollValue(
       "the rejection to be counted",
       () => reloads(gw, "rejected"),
       (n) => n === rejectedBefore + 1,
     );
-    const line = await eventually(
+    const line = await pollValue(
       "the rejection's log line",
       () => Promise.resolve(gw.logs.json().find((l) => l.level === "error" && Array.isArray(l.errors))),
       (l) => l !== undefined,
@@ -237,7 +226,7 @@ describe("a ConfigMap updated with the kubelet's ..data symlink swap", () => {
   it("takes the next good version after a bad one", async () => {
     const okBefore = await reloads(gw, "ok");
     volume.publish(policy({ withNewTenant: true, keys: ["skey-aaaaaaaa", "skey-bbbbbbbb"] }));
-    await eventually(
+    await pollValue(
       "skey-bbbbbbbb to be allowed",
       () => reasonOf(gw, TOKEN_A, forA),
       (r) => r === "OK",
@@ -249,7 +238,7 @@ describe("a ConfigMap updated with the kubelet's ..data symlink swap", () => {
   it("keeps the last good version when the file disappears", async () => {
     const rejectedBefore = await reloads(gw, "rejected");
     rmSync(volume.path);
-    await eventually(
+    await pollValue(
       "the missing file to be counted",
       () => reloads(gw, "rejected"),
       (n) => n === rejectedBefore + 1,

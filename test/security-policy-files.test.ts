@@ -26,14 +26,8 @@ import { ErrorDetailSchema, KeyPairService } from "../src/gen/keygate/v1/keygate
 import type { Emulator } from "../src/upstream/emulator/index.js";
 import { startEmulator } from "./support/app.js";
 import { sha256 } from "./support/policies.js";
-import {
-  killStrays,
-  pollUntil,
-  serveEnv,
-  spawnKeygate,
-  waitListening,
-  type Child,
-} from "./support/process.js";
+import { pollUntil } from "./support/wait.js";
+import { killStrays, serveEnv, spawnKeygate, waitListening, type Child } from "./support/process.js";
 
 const TOKEN_A = "policy-files-token-a-5e1c";
 const TOKEN_B = "policy-files-token-b-77d0";

@@ -9,7 +9,8 @@
 import { createClient } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcTransport } from "@connectrpc/connect-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { ASSOCIATE, fleetIds, fleetInventory, maxIn1000, waitFor } from "../bench/support/fleet.js";
+import { ASSOCIATE, fleetIds, fleetInventory, maxIn1000 } from "./support/fleet.js";
+import { pollUntil } from "./support/wait.js";
 import { Health, HealthCheckResponse_ServingStatus as Status } from "../src/gen/health/v1/health_pb.js";
 import { KeyPairService } from "../src/gen/keygate/v1/keygate_pb.js";
 import { createEmulator, type Emulator } from "../src/upstream/emulator/index.js";
@@ -106,8 +107,9 @@ describe("local-share: Redis goes down and comes back", () => {
     // --- outage --------------------------------------------------------------------------------
     const mark = emulator.stats.arrivals.length;
     await redis.kill();
-    await waitFor(
+    await pollUntil(
       async () => (await Promise.all(gateways.map(degradedGauge))).every((v) => v === 1),
+      "every gateway's degraded gauge at 1",
       10_000,
       50,
     );
@@ -214,8 +216,9 @@ describe("local-share: Redis goes down and comes back", () => {
 
     // --- Redis is back ---------------------------------------------------------------------------
     await redis.restart();
-    await waitFor(
+    await pollUntil(
       async () => (await Promise.all(gateways.map(degradedGauge))).every((v) => v === 0),
+      "every gateway's degraded gauge back at 0",
       15_000,
       50,
     );

@@ -10,7 +10,7 @@ import { createGrpcTransport } from "@connectrpc/connect-node";
 import { Health, HealthCheckResponse_ServingStatus } from "../../src/gen/health/v1/health_pb.js";
 import type { Arrival } from "../../src/upstream/emulator/index.js";
 import { freePort } from "../../test/support/redis-server.js";
-import { waitFor } from "./fleet.js";
+import { pollUntil } from "../../test/support/wait.js";
 
 const ROOT = fileURLToPath(new URL("../..", import.meta.url));
 const CLI = "src/cli/main.ts";
@@ -69,12 +69,13 @@ export async function startEmulatorProcess(inventoryFile: string, taskMs: number
     {},
     port,
   );
-  await waitFor(
+  await pollUntil(
     () =>
       fetch(`${c.url}/__emulator/faults`).then(
         (r) => r.ok,
         () => false,
       ),
+    "the emulator's admin API",
     30_000,
     100,
   ).catch((e: unknown) => {
@@ -100,12 +101,13 @@ export async function startGatewayProcess(env: Record<string, string>): Promise<
     metricsPort,
   );
   const health = createClient(Health, createGrpcTransport({ baseUrl: c.url }));
-  await waitFor(
+  await pollUntil(
     () =>
       health.check({ service: "" }, { timeoutMs: 1_000 }).then(
         (r) => r.status === HealthCheckResponse_ServingStatus.SERVING,
         () => false,
       ),
+    "readiness SERVING",
     60_000,
     200,
   ).catch(async (e: unknown) => {

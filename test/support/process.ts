@@ -1,5 +1,6 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { fileURLToPath } from "node:url";
+import { pollUntil } from "./wait.js";
 import { EMULATOR_SECRET_ID, EMULATOR_SECRET_KEY } from "../../src/upstream/emulator/index.js";
 
 /** The project root: child processes run from here, as a user's `npx keygate` would. */
@@ -159,21 +160,6 @@ export async function runToEnd(
 /** Kills (by PID) every child a test file started and that is still running; for afterAll/afterEach. */
 export async function killStrays(): Promise<void> {
   await Promise.all([...running].map((c) => c.kill()));
-}
-
-/** Polls `check` until it returns true (generous bound; the bound is a hang guard, not an assertion). */
-export async function pollUntil(
-  check: () => boolean | Promise<boolean>,
-  what: string,
-  timeoutMs = 20_000,
-  intervalMs = 25,
-): Promise<void> {
-  const until = Date.now() + timeoutMs;
-  for (;;) {
-    if (await check()) return;
-    if (Date.now() > until) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, intervalMs));
-  }
 }
 
 /** The "keygate listening" log line's ports, once the server is up. */

@@ -3,6 +3,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { pollUntil } from "./wait.js";
 
 /** A private redis-server started for a test, stopped by its own PID (never port 6379, never FLUSHALL). */
 export interface RedisProcess {
@@ -46,10 +47,17 @@ function redisServerBinary(): string {
   }
 }
 
-async function waitForPing(port: number, timeoutMs = 5_000): Promise<void> {
+/**
+ * Polls the redis-server on `port` until it answers and, when `ready` is given, until `ready`
+ * holds for its INFO and CLUSTER INFO text (a Cluster node, a Sentinel).
+ */
+export async function waitForRedis(
+  port: number,
+  ready?: (info: string) => boolean,
+  timeoutMs = 10_000,
+): Promise<void> {
   const { Redis } = await import("ioredis");
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
+  const answers = async () => {
     const c = new Redis({
       port,
       host: "127.0.0.1",
@@ -57,18 +65,20 @@ async function waitForPing(port: number, timeoutMs = 5_000): Promise<void> {
       maxRetriesPerRequest: 0,
       retryStrategy: () => null,
     });
-    c.on("error", () => undefined); // refused while the server boots: expected, retried below
+    c.on("error", () => undefined); // refused while the server boots: expected, retried
     try {
       await c.connect();
-      await c.ping();
-      c.disconnect();
-      return;
+      if (!ready) return (await c.ping()) === "PONG";
+      const info = String(await c.call("INFO"));
+      const clusterInfo = await c.call("CLUSTER", "INFO").then(String, () => "");
+      return ready(info + clusterInfo);
     } catch {
+      return false;
+    } finally {
       c.disconnect();
-      if (Date.now() > deadline) throw new Error(`redis-server on port ${port} did not start`);
-      await new Promise((r) => setTimeout(r, 50));
     }
-  }
+  };
+  await pollUntil(answers, `redis-server on port ${port}`, timeoutMs, 50);
 }
 
 export async function startRedis(extraArgs: string[] = []): Promise<RedisProcess> {
@@ -99,7 +109,7 @@ export async function startRedis(extraArgs: string[] = []): Promise<RedisProcess
     );
     pid = child.pid ?? 0;
     child.unref();
-    await waitForPing(port);
+    await waitForRedis(port);
   };
   const killIt = async () => {
     if (!pid) return;

@@ -3,8 +3,7 @@ import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
-import { Redis } from "ioredis";
-import { freePort } from "./redis-server.js";
+import { freePort, waitForRedis } from "./redis-server.js";
 
 const run = promisify(execFile);
 
@@ -18,35 +17,6 @@ function launch(args: string[], cwd: string): number {
   const child = spawn("redis-server", args, { cwd, stdio: "ignore" });
   child.unref();
   return child.pid ?? 0;
-}
-
-async function ping(
-  port: number,
-  until: (info: string) => boolean = () => true,
-  timeoutMs = 10_000,
-): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const c = new Redis({
-      port,
-      host: "127.0.0.1",
-      lazyConnect: true,
-      maxRetriesPerRequest: 0,
-      retryStrategy: () => null,
-    });
-    c.on("error", () => undefined);
-    try {
-      await c.connect();
-      const info = String(await c.call("INFO"));
-      const clusterInfo = await c.call("CLUSTER", "INFO").then(String, () => "");
-      c.disconnect();
-      if (until(info + clusterInfo)) return;
-    } catch {
-      c.disconnect();
-    }
-    if (Date.now() > deadline) throw new Error(`redis on port ${port} did not become ready`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
 }
 
 function stopper(pids: number[], dir: string) {
@@ -89,7 +59,7 @@ export async function startCluster(): Promise<RedisTopology> {
       ),
     );
   }
-  for (const port of ports) await ping(port);
+  for (const port of ports) await waitForRedis(port);
   await run("redis-cli", [
     "--cluster",
     "create",
@@ -98,7 +68,7 @@ export async function startCluster(): Promise<RedisTopology> {
     "0",
     "--cluster-yes",
   ]);
-  for (const port of ports) await ping(port, (info) => info.includes("cluster_state:ok"));
+  for (const port of ports) await waitForRedis(port, (info) => info.includes("cluster_state:ok"));
   return { url: `redis+cluster://${ports.map((p) => `127.0.0.1:${p}`).join(",")}`, stop: stopper(pids, dir) };
 }
 
@@ -110,7 +80,7 @@ export async function startSentinel(): Promise<RedisTopology> {
   const pids = [
     launch(["--port", String(master), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], dir),
   ];
-  await ping(master);
+  await waitForRedis(master);
   const conf = join(dir, "sentinel.conf");
   writeFileSync(
     conf,
@@ -124,6 +94,6 @@ export async function startSentinel(): Promise<RedisTopology> {
     ].join("\n"),
   );
   pids.push(launch([conf, "--sentinel"], dir));
-  await ping(sentinel);
+  await waitForRedis(sentinel);
   return { url: `redis+sentinel://127.0.0.1:${sentinel}/mymaster`, stop: stopper(pids, dir) };
 }

@@ -1,5 +1,5 @@
 /**
- * Shared by bench/limit.ts and test/limit-*.test.ts: an emulator inventory with many stopped
+ * Shared by test/limit-*.test.ts and bench/limit.ts: an emulator inventory with many stopped
  * Linux instances (so leases never serialize callers), a policy over them, a bounded load loop
  * and the figures read from the emulator's arrival log.
  */
@@ -118,15 +118,6 @@ export function sustainedRate(times: readonly number[], limit = 10): number {
 }
 
 export const maxIn1000 = (times: readonly number[]) => maxInSlidingWindow(times, 1000);
-
-/** Busy-wait helper for tests and the bench: polls `ready()` every `stepMs` until true or `timeoutMs`. */
-export async function waitFor(ready: () => boolean | Promise<boolean>, timeoutMs: number, stepMs = 20) {
-  const until = Date.now() + timeoutMs;
-  while (!(await ready())) {
-    if (Date.now() > until) throw new Error(`condition not met within ${timeoutMs} ms`);
-    await new Promise((r) => setTimeout(r, stepMs));
-  }
-}
 
 /**
  * Measures how long this process's event loop was stalled (a 10 ms ticker that came late): under a
