@@ -10,6 +10,7 @@ import { createKeyPairServiceImpl } from "./api/keypair-service.js";
 import type { Settings } from "./config/settings.js";
 import { createAssociateService } from "./core/associate-service.js";
 import { type Clock, systemClock } from "./core/clock.js";
+import { armCrashPoint } from "./core/crash-point.js";
 import type { BucketSpec, CallOptions, PolicyGate, Tenant } from "./core/ports.js";
 import { createFallbackOperations } from "./dedup/fallback-operations.js";
 import { createMemoryOperations } from "./dedup/memory-operations.js";
@@ -51,6 +52,7 @@ export const DESCRIBE_ACTION = "DescribeInstances";
 
 export async function createApp(opts: AppOptions) {
   const { settings, logger } = opts;
+  armCrashPoint(settings.testCrashAt);
   const clock = opts.clock ?? systemClock;
   const metrics = createMetrics({ defaultMetrics: opts.defaultMetrics ?? true });
   const health = createHealth();
