@@ -6,6 +6,12 @@
  * target: exactly one apply per request, zero MutexOperation at the cloud, exactly one answer per
  * caller, recovery within 1.5 s.
  *
+ * Scenarios: (a) 20 callers, one idempotency key, 3 replicas, busy cores; (b) 20 identical calls
+ * without key, 2 replicas, busy cores; (c) replica SIGKILLed after its cloud call, retry elsewhere;
+ * (d) reply lost / late, also with force_stop; (e) Redis restarted empty during a task; (f) Redis
+ * SIGSTOPped 10 s; (g) SIGTERM to a replica holding leases; (h) Redis down 5 s; (i) retryable cloud
+ * error, then a retry with the same key; (j) busy while idle. (a′, d′: the naive SDK for comparison.)
+ *
  * Run: npm run bench:faults [-- LETTERS]   e.g. `npm run bench:faults -- a d h` (default: all)
  */
 import { spawn } from "node:child_process";
