@@ -192,7 +192,7 @@ describe("keygate emulator --faults", () => {
       cleanEnv(),
     );
     await c.waitFor((x) => x.stdout().includes("CVM emulator listening"), "the emulator to listen", 30_000);
-    const faults = (await (await fetch(`http://127.0.0.1:${port}/__emulator/faults`)).json());
+    const faults = await (await fetch(`http://127.0.0.1:${port}/__emulator/faults`)).json();
     expect(faults).toMatchObject({ rules });
   });
 
