@@ -12,6 +12,7 @@ import type { Settings } from "./config/settings.js";
 import { ASSOCIATE_ACTION, bucketsOf, DESCRIBE_ACTION } from "./core/actions.js";
 import { createAssociateService } from "./core/associate-service.js";
 import { type Clock, systemClock } from "./core/clock.js";
+import { armCrashPoint } from "./core/crash-point.js";
 import { createTaskWatcher } from "./leases/task-watcher.js";
 import { createAuditSink } from "./observability/audit.js";
 import type { Logger } from "./observability/logger.js";
@@ -41,6 +42,7 @@ export interface AppOptions {
 
 export async function createApp(opts: AppOptions) {
   const { settings, logger } = opts;
+  armCrashPoint(settings.testCrashAt);
   const clock = opts.clock ?? systemClock;
   const metrics = createMetrics({ defaultMetrics: opts.defaultMetrics ?? true });
   const health = createHealth();

@@ -8,7 +8,7 @@ import { fileURLToPath } from "node:url";
 import { createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { Health, HealthCheckResponse_ServingStatus } from "../../src/gen/health/v1/health_pb.js";
-import type { Arrival } from "../../src/upstream/emulator/index.js";
+import type { Apply, Arrival, FaultSettings, InstanceCounts } from "../../src/upstream/emulator/index.js";
 import { freePort } from "../../test/support/redis-server.js";
 import { pollUntil } from "../../test/support/wait.js";
 
@@ -137,5 +137,19 @@ export const emulatorAdmin = (url: string) => ({
   },
   async reset(): Promise<void> {
     await fetch(`${url}/__emulator/reset`, { method: "POST" });
+  },
+  /** What the cloud applied, and per instance its applies and busy answers. */
+  async applied(): Promise<{ applies: Apply[]; instances: Record<string, InstanceCounts> }> {
+    const r = await fetch(`${url}/__emulator/stats`);
+    return (await r.json()) as { applies: Apply[]; instances: Record<string, InstanceCounts> };
+  },
+  /** Replaces the fault setting (throws with the emulator's message when refused). */
+  async faults(settings: FaultSettings): Promise<void> {
+    const r = await fetch(`${url}/__emulator/faults`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify(settings),
+    });
+    if (!r.ok) throw new Error(`emulator refused faults: ${await r.text()}`);
   },
 });

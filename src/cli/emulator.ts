@@ -1,11 +1,15 @@
-import { createEmulator, EMULATOR_SECRET_ID } from "../upstream/emulator/index.js";
+import { createEmulator, EMULATOR_SECRET_ID, type FaultSettings } from "../upstream/emulator/index.js";
+import { createFaults } from "../upstream/emulator/faults.js";
 
-/** `keygate emulator [--port N] [--inventory FILE] [--task-ms N]`: the CVM emulator alone. */
+const USAGE = "keygate emulator [--port N] [--inventory FILE] [--task-ms N] [--faults JSON]";
+
+/** `keygate emulator …`: the CVM emulator alone, optionally with faults from the start. */
 export async function runEmulator(
   args: string[],
   env: Record<string, string | undefined> = {},
 ): Promise<number | "running"> {
   const opts: { port: number; inventoryFile?: string; taskMs?: number } = { port: 9000 };
+  let faults: FaultSettings | undefined;
   for (let i = 0; i < args.length; i += 1) {
     const flag = args[i];
     const value = args[i + 1];
@@ -13,7 +17,11 @@ export async function runEmulator(
     if (flag === "--port" && /^\d+$/.test(value) && Number(value) <= 65535) opts.port = Number(value);
     else if (flag === "--inventory") opts.inventoryFile = value;
     else if (flag === "--task-ms" && /^\d+$/.test(value)) opts.taskMs = Number(value);
-    else return usage(`unexpected "${flag ?? ""} ${value}"`);
+    else if (flag === "--faults") {
+      const problem = checkFaults(value);
+      if (typeof problem === "string") return usage(`--faults: ${problem}`);
+      faults = problem;
+    } else return usage(`unexpected "${flag ?? ""} ${value}"`);
     i += 1;
   }
   // In a cluster (deploy/overlays/dev) the emulator verifies the same Secret the gateway signs with.
@@ -24,6 +32,7 @@ export async function runEmulator(
     ...(id && key ? { credentials: { [id]: key } } : {}),
     ...opts,
   });
+  if (faults) emulator.faults.set(faults);
   process.stdout.write(
     `CVM emulator listening on ${emulator.url} (SecretId ${id && key ? id : EMULATOR_SECRET_ID}; admin: GET ${emulator.url}/__emulator/stats)\n`,
   );
@@ -35,9 +44,24 @@ export async function runEmulator(
   return "running";
 }
 
+/** The same JSON as `POST /__emulator/faults`, checked before anything starts; a problem as text. */
+function checkFaults(json: string): FaultSettings | string {
+  let value: unknown;
+  try {
+    value = JSON.parse(json);
+  } catch {
+    return "not valid JSON";
+  }
+  if (typeof value !== "object" || value === null || Array.isArray(value)) return "must be a JSON object";
+  try {
+    createFaults().set(value);
+  } catch (e) {
+    return e instanceof Error ? e.message : String(e);
+  }
+  return value;
+}
+
 function usage(problem: string): number {
-  process.stderr.write(
-    `keygate emulator: ${problem}\nusage: keygate emulator [--port N] [--inventory FILE] [--task-ms N]\n`,
-  );
+  process.stderr.write(`keygate emulator: ${problem}\nusage: ${USAGE}\n`);
   return 2;
 }

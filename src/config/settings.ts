@@ -1,3 +1,4 @@
+import { CRASH_POINTS, type CrashPoint } from "../core/crash-point.js";
 import { parseRedisUrl } from "../store/redis.js";
 
 /** Everything keygate reads from its environment, validated once and frozen. */
@@ -30,6 +31,8 @@ export interface Settings {
   onStoreDown: "fail-closed" | "local-share";
   replicas: number;
   tls: { cert: string; key: string; clientCa: string | undefined } | undefined;
+  /** Test only: SIGKILL this process when a request reaches this point. */
+  testCrashAt: CrashPoint | undefined;
 }
 
 type Env = Record<string, string | undefined>;
@@ -155,6 +158,11 @@ export function loadSettings(env: Env, mode: "serve" | "dev" = "serve"): Setting
   if (clientCa !== undefined && cert === undefined)
     problems.push("KEYGATE_TLS_CLIENT_CA needs KEYGATE_TLS_CERT and KEYGATE_TLS_KEY");
 
+  const testCrashAt = str("KEYGATE_TEST_CRASH_AT");
+  if (testCrashAt !== undefined && !(CRASH_POINTS as readonly string[]).includes(testCrashAt)) {
+    problems.push(`KEYGATE_TEST_CRASH_AT="${testCrashAt}" must be one of ${CRASH_POINTS.join(", ")}`);
+  }
+
   if (problems.length > 0) throw new SettingsError(problems);
   return Object.freeze({
     host,
@@ -179,5 +187,6 @@ export function loadSettings(env: Env, mode: "serve" | "dev" = "serve"): Setting
     onStoreDown: onStoreDown as Settings["onStoreDown"],
     replicas,
     tls: cert && key ? { cert, key, clientCa } : undefined,
+    testCrashAt: testCrashAt as CrashPoint | undefined,
   });
 }

@@ -1,4 +1,5 @@
 import type { Clock } from "./clock.js";
+import { crashPoint } from "./crash-point.js";
 import type { KeygateError } from "./errors.js";
 import { isKeygateError, keygateError } from "./errors.js";
 import type { AssociateInput, AssociateRequest, AssociateResult } from "./model.js";
@@ -118,6 +119,7 @@ export function createAssociateService(opts: AssociateServiceOptions) {
         },
         call,
       );
+      crashPoint("after-record");
       if (result.deduplicated) {
         entry.deduplicated = true;
         hooks.dedupJoin?.();
@@ -156,8 +158,10 @@ export function createAssociateService(opts: AssociateServiceOptions) {
     call: AssociateCall,
     entry: AuditEntry,
   ): Promise<AssociateResult> {
+    crashPoint("after-claim");
     const leaseStart = clock.now();
     const lease = await leases.acquire(scope, input.instanceIds, { ...call, owner });
+    crashPoint("after-lease");
     entry.leaseWaitMs = clock.now() - leaseStart;
     hooks.leaseWait?.(entry.leaseWaitMs / 1000);
     let handedOff = false;
@@ -223,7 +227,9 @@ export function createAssociateService(opts: AssociateServiceOptions) {
       entry.attempts += 1;
       const t0 = clock.now();
       try {
+        crashPoint("before-send");
         const { requestId } = await upstream.associateInstancesKeyPairs(input, call);
+        crashPoint("after-send");
         hooks.upstreamCall?.("AssociateInstancesKeyPairs", "OK", (clock.now() - t0) / 1000);
         return requestId;
       } catch (err) {

@@ -4,7 +4,7 @@ import type { AddressInfo } from "node:net";
 import { systemClock, type Clock } from "../../core/clock.js";
 import { associateInstancesKeyPairs, describeInstances, type ActionContext } from "./actions.js";
 import { ApiError } from "./api-error.js";
-import { createFaults, FAULT_CODES, type FaultKind, type Faults } from "./faults.js";
+import { createFaults, FAULT_CODES, type FaultKind, type FaultRule, type Faults } from "./faults.js";
 import {
   createInventory,
   defaultInventory,
@@ -23,6 +23,8 @@ export const EMULATOR_SECRET_KEY = "keygate-emulator-dev-secret-key-not-secret";
 
 export const EMULATOR_VERSION = "2017-03-12";
 const ADMIN_PREFIX = "/__emulator/";
+/** Faults that let the action run and then spoil (or hold back) its reply, or hold the request. */
+const REPLY_FAULTS: ReadonlySet<FaultKind> = new Set(["lostReply", "lateReply", "lateApply", "stallBody"]);
 const MAX_BODY = 1024 * 1024;
 
 export interface EmulatorOptions {
@@ -116,6 +118,8 @@ export async function createEmulator(options: EmulatorOptions = {}): Promise<Emu
     : (options.inventory ?? defaultInventory());
   const inventory = createInventory(spec, clock);
   const stats = createStats();
+  /** Aborts held requests (`lateApply`, `lateReply`) when the emulator closes. */
+  const closing = new AbortController();
   const faults = createFaults(options.random);
   const limiters = {
     AssociateInstancesKeyPairs: createSlidingWindowLimiter({ limit: options.associateLimit ?? 10, windowMs }),
@@ -169,8 +173,27 @@ export async function createEmulator(options: EmulatorOptions = {}): Promise<Emu
     }
   };
 
-  /** Everything up to the answer happens synchronously at arrival, so the arrival time is exact. */
-  const answer = (req: IncomingMessage, body: Buffer, arrival: Arrival): Outcome => {
+  const isBusyCode = (code: string) =>
+    code.startsWith("MutexOperation.") || code === "OperationDenied.InstanceOperationInProgress";
+  /** Instance ids named by a request body, best effort (for the per-instance counters). */
+  const instanceIdsOf = (body: Buffer): string[] => {
+    try {
+      const ids = (JSON.parse(body.toString("utf8")) as { InstanceIds?: unknown }).InstanceIds;
+      return Array.isArray(ids) ? [...new Set(ids.filter((x): x is string => typeof x === "string"))] : [];
+    } catch {
+      return [];
+    }
+  };
+
+  /**
+   * At arrival, synchronously so the arrival time is exact: signature, rate limit, fault choice.
+   * Returns the answer when it is already decided, or the fault the action then runs under.
+   */
+  const admit = (
+    req: IncomingMessage,
+    body: Buffer,
+    arrival: Arrival,
+  ): { out: Outcome } | { rule: FaultRule | undefined } => {
     const { requestId } = arrival;
     try {
       if (req.method !== "POST" || (req.url ?? "/") !== "/") {
@@ -197,11 +220,30 @@ export async function createEmulator(options: EmulatorOptions = {}): Promise<Emu
           "Your current request times exceeds the limit. Please try again later.",
         );
       }
-      const fault = faults.pick(arrival.action);
-      if (fault !== undefined && fault !== "lostReply") {
-        const out = transportFault(fault, requestId);
-        if (out) return out;
+      const rule = faults.pick(arrival.action);
+      if (rule !== undefined && !REPLY_FAULTS.has(rule.kind)) {
+        const out = transportFault(rule.kind, requestId);
+        if (out) {
+          if (
+            out.kind === "json" &&
+            isBusyCode(out.code) &&
+            arrival.action === "AssociateInstancesKeyPairs"
+          ) {
+            stats.recordBusy(instanceIdsOf(body), true);
+          }
+          return { out };
+        }
       }
+      return { rule };
+    } catch (e) {
+      return { out: apiFailure(requestId, e) };
+    }
+  };
+
+  /** The action itself (at arrival, or later for `lateApply`); applies are counted here. */
+  const act = (req: IncomingMessage, body: Buffer, arrival: Arrival): Outcome => {
+    const { requestId } = arrival;
+    try {
       const version = header(req, "x-tc-version");
       if (version === "")
         throw new ApiError("MissingParameter", "The request is missing a required parameter `Version`.");
@@ -218,16 +260,38 @@ export async function createEmulator(options: EmulatorOptions = {}): Promise<Emu
       if (typeof params !== "object" || params === null || Array.isArray(params)) {
         throw new ApiError("InvalidParameter", "The request body must be a JSON object.");
       }
-      const result = handler(
-        { inventory, region: arrival.region, requestId, taskMs },
-        params as Record<string, unknown>,
-      );
-      return fault === "lostReply" ? { kind: "hang" } : envelope(requestId, result);
+      const p = params as Record<string, unknown>;
+      let result: object;
+      try {
+        result = handler({ inventory, region: arrival.region, requestId, taskMs }, p);
+      } catch (e) {
+        if (e instanceof ApiError && isBusyCode(e.code) && arrival.action === "AssociateInstancesKeyPairs") {
+          stats.recordBusy(instanceIdsOf(body), false);
+        }
+        throw e;
+      }
+      if (arrival.action === "AssociateInstancesKeyPairs") {
+        const strings = (v: unknown) =>
+          Array.isArray(v) ? [...new Set(v.filter((x): x is string => typeof x === "string"))] : [];
+        stats.recordApply({
+          at: clock.now(),
+          requestId,
+          instanceIds: strings(p.InstanceIds),
+          keyIds: strings(p.KeyIds),
+          forceStop: p.ForceStop === true,
+        });
+      }
+      return envelope(requestId, result);
     } catch (e) {
-      if (e instanceof ApiError) return errorEnvelope(requestId, e);
-      return errorEnvelope(requestId, new ApiError("InternalError", "Emulator internal error."));
+      return apiFailure(requestId, e);
     }
   };
+
+  const apiFailure = (requestId: string, e: unknown): Outcome =>
+    errorEnvelope(
+      requestId,
+      e instanceof ApiError ? e : new ApiError("InternalError", "Emulator internal error."),
+    );
 
   const sendJson = (res: ServerResponse, status: number, value: unknown) => {
     res.writeHead(status, { "content-type": "application/json" });
@@ -246,6 +310,8 @@ export async function createEmulator(options: EmulatorOptions = {}): Promise<Emu
         return sendJson(res, 200, {
           arrivals: stats.arrivals,
           outcomes: stats.outcomes(),
+          applies: stats.applies,
+          instances: stats.perInstance(),
           maxInWindow: {
             AssociateInstancesKeyPairs: stats.maxInWindow({ action: "AssociateInstancesKeyPairs" }, windowMs),
             DescribeInstances: stats.maxInWindow({ action: "DescribeInstances" }, windowMs),
@@ -297,20 +363,53 @@ export async function createEmulator(options: EmulatorOptions = {}): Promise<Emu
       requestId,
       outcome: "PENDING",
     });
-    const out = body
-      ? answer(req, body, arrival)
-      : errorEnvelope(requestId, new ApiError("RequestSizeLimitExceeded", "The request body is too large."));
+    if (!body) {
+      const out = errorEnvelope(
+        requestId,
+        new ApiError("RequestSizeLimitExceeded", "The request body is too large."),
+      );
+      return reply(res, arrival, out);
+    }
+    const admitted = admit(req, body, arrival);
+    if ("out" in admitted) return reply(res, arrival, admitted.out);
+    const { rule } = admitted;
+    if (rule?.kind === "lateApply") {
+      // Still on its way: the cloud sees it only now, whether or not the client is still there.
+      await clock.sleep(rule.delayMs ?? 0, closing.signal);
+    }
+    const out = act(req, body, arrival);
+    if (rule === undefined || out.kind !== "json" || out.code !== "OK") return reply(res, arrival, out);
+    switch (rule.kind) {
+      case "lostReply":
+        arrival.outcome = "HANG";
+        return; // Never answered; the connection ends when the client gives up or the emulator closes.
+      case "lateReply":
+        arrival.outcome = "LATE_REPLY";
+        await clock.sleep(rule.delayMs ?? 0, closing.signal);
+        return reply(res, arrival, out);
+      case "stallBody":
+        arrival.outcome = "STALLED_BODY";
+        if (res.destroyed) return;
+        res.writeHead(out.status, { "content-type": "application/json", "x-tc-requestid": requestId });
+        res.write(out.body.slice(0, Math.floor(out.body.length / 2)));
+        return; // The rest never comes.
+      default:
+        return reply(res, arrival, out);
+    }
+  };
+
+  const reply = async (res: ServerResponse, arrival: Arrival, out: Outcome): Promise<void> => {
     if (out.kind === "hang") {
       arrival.outcome = "HANG";
       return; // Never answered; the connection ends when the client gives up or the emulator closes.
     }
-    arrival.outcome = out.code;
+    if (arrival.outcome === "PENDING") arrival.outcome = out.code;
     const delay = faults.latency();
     if (delay > 0) await clock.sleep(delay);
     if (res.destroyed) return;
     res.writeHead(out.status, {
       "content-type": out.kind === "raw" ? out.contentType : "application/json",
-      "x-tc-requestid": requestId,
+      "x-tc-requestid": arrival.requestId,
     });
     res.end(out.body);
   };
@@ -358,6 +457,7 @@ export async function createEmulator(options: EmulatorOptions = {}): Promise<Emu
     },
     close: () =>
       new Promise<void>((resolve) => {
+        closing.abort(new Error("emulator closed"));
         server.close(() => resolve());
         // Hung requests and idle keep-alive sockets would keep close() waiting forever.
         server.closeAllConnections();

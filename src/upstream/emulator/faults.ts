@@ -5,15 +5,25 @@ import { z } from "zod";
  * - `http500` / `http503`: a load balancer error page (HTTP status, HTML body).
  * - `hang`: the request is never answered and never applied (connection kept open).
  * - `lostReply`: the request IS applied, then never answered — the timeout that reached the cloud.
+ * - `lateReply`: applied at once, answered only after the rule's `delayMs` (e.g. longer than the
+ *   client's timeout, so the client gives up although the cloud acted).
+ * - `lateApply`: held for `delayMs`, then applied and answered: an original still on its way, which
+ *   reaches the cloud after the client gave up on it (and maybe after a resend).
+ * - `stallBody`: applied, status and headers sent, the body started and never finished.
  * - `nonJson`: HTTP 200 with a body that is not JSON.
  * - `noResponse`: HTTP 200 JSON without the `Response` envelope.
- * - the rest: the cloud's own error codes, answered in the normal envelope.
+ * - the rest: the cloud's own error codes, answered in the normal envelope, nothing applied.
+ *   `mutexTaskRunning` / `operationInProgress` hit only AssociateInstancesKeyPairs unless the rule
+ *   names another action, so DescribeInstances keeps showing the instance idle: "busy while idle".
  */
 export const FAULT_KINDS = [
   "http500",
   "http503",
   "hang",
   "lostReply",
+  "lateReply",
+  "lateApply",
+  "stallBody",
   "nonJson",
   "noResponse",
   "internalError",
@@ -31,6 +41,14 @@ export const FAULT_CODES: Partial<Record<FaultKind, string>> = {
   operationInProgress: "OperationDenied.InstanceOperationInProgress",
 };
 
+/** Kinds that need the rule's `delayMs`. */
+export const DELAYED_KINDS: ReadonlySet<FaultKind> = new Set(["lateReply", "lateApply"]);
+/** Kinds that apply the request and then fail to answer it properly. */
+export const APPLYING_KINDS: ReadonlySet<FaultKind> = new Set(["lostReply", "lateReply", "stallBody"]);
+/** Code faults that say "instance busy": by default they hit only the action that can be busy. */
+const BUSY_KINDS: ReadonlySet<FaultKind> = new Set(["mutexTaskRunning", "operationInProgress"]);
+const BUSY_DEFAULT_ACTION = "AssociateInstancesKeyPairs";
+
 const ruleSchema = z
   .object({
     kind: z.enum(FAULT_KINDS),
@@ -40,8 +58,18 @@ const ruleSchema = z
     probability: z.number().min(0).max(1).optional(),
     /** Hit exactly the next N matching requests, then the rule disappears. */
     next: z.number().int().positive().optional(),
+    /** `lateReply` / `lateApply`: how long the answer (or the whole request) is held, ms. */
+    delayMs: z.number().int().nonnegative().max(600_000).optional(),
   })
-  .strict();
+  .strict()
+  .superRefine((rule, ctx) => {
+    if (DELAYED_KINDS.has(rule.kind) && rule.delayMs === undefined) {
+      ctx.addIssue({ code: "custom", path: ["delayMs"], message: `${rule.kind} needs delayMs` });
+    }
+    if (!DELAYED_KINDS.has(rule.kind) && rule.delayMs !== undefined) {
+      ctx.addIssue({ code: "custom", path: ["delayMs"], message: `${rule.kind} takes no delayMs` });
+    }
+  });
 export type FaultRule = z.infer<typeof ruleSchema>;
 
 export const faultSettingsSchema = z
@@ -61,8 +89,8 @@ export interface Faults {
   get(): z.output<typeof faultSettingsSchema>;
   /** Delay to add before answering this request. */
   latency(): number;
-  /** The fault this request suffers, if any (consumes one `next` hit). */
-  pick(action: string): FaultKind | undefined;
+  /** The rule this request suffers, if any (consumes one `next` hit). */
+  pick(action: string): FaultRule | undefined;
   reset(): void;
 }
 
@@ -86,15 +114,16 @@ export function createFaults(random: () => number = Math.random): Faults {
     latency: () => current.latencyMs + (current.jitterMs > 0 ? random() * current.jitterMs : 0),
     pick(action) {
       for (const [i, rule] of current.rules.entries()) {
-        if (rule.action !== undefined && rule.action !== action) continue;
+        const only = rule.action ?? (BUSY_KINDS.has(rule.kind) ? BUSY_DEFAULT_ACTION : undefined);
+        if (only !== undefined && only !== action) continue;
         const left = remaining.get(i);
         if (left !== undefined) {
           if (left <= 0) continue;
           if (rule.probability !== undefined && random() >= rule.probability) continue;
           remaining.set(i, left - 1);
-          return rule.kind;
+          return rule;
         }
-        if (random() < (rule.probability ?? 1)) return rule.kind;
+        if (random() < (rule.probability ?? 1)) return rule;
       }
       return undefined;
     },

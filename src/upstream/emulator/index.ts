@@ -7,7 +7,14 @@ export {
   type Emulator,
   type EmulatorOptions,
 } from "./emulator.js";
-export { FAULT_KINDS, type FaultKind, type FaultRule, type FaultSettings, type Faults } from "./faults.js";
+export {
+  DELAYED_KINDS,
+  FAULT_KINDS,
+  type FaultKind,
+  type FaultRule,
+  type FaultSettings,
+  type Faults,
+} from "./faults.js";
 export {
   defaultInventory,
   loadInventoryFile,
@@ -18,4 +25,4 @@ export {
   type LiveInstance,
 } from "./inventory.js";
 export { maxInSlidingWindow } from "./sliding-window.js";
-export type { Arrival, EmulatorStats, StatsFilter } from "./stats.js";
+export type { Apply, Arrival, EmulatorStats, InstanceCounts, StatsFilter } from "./stats.js";

@@ -17,6 +17,25 @@ export interface Arrival {
   outcome: string;
 }
 
+/** One AssociateInstancesKeyPairs the cloud actually applied (started its tasks). */
+export interface Apply {
+  /** When it was applied (emulator clock, ms); later than its arrival for `lateApply`. */
+  at: number;
+  requestId: string;
+  instanceIds: string[];
+  keyIds: string[];
+  forceStop: boolean;
+}
+
+/** What happened to one instance: applies, and busy refusals because a real task was running. */
+export interface InstanceCounts {
+  applied: number;
+  /** `MutexOperation.*` (or `OperationDenied.InstanceOperationInProgress`) because a task ran: a collision. */
+  mutexAnswers: number;
+  /** The same codes answered by an injected fault while the instance was idle. */
+  injectedMutexAnswers: number;
+}
+
 export interface StatsFilter {
   action?: string;
   secretId?: string;
@@ -26,6 +45,12 @@ export interface StatsFilter {
 export interface EmulatorStats {
   readonly arrivals: readonly Arrival[];
   record(a: Arrival): Arrival;
+  readonly applies: readonly Apply[];
+  recordApply(a: Apply): void;
+  /** A busy answer for these instances; `injected` when a fault said so, not a running task. */
+  recordBusy(instanceIds: readonly string[], injected: boolean): void;
+  /** Per instance id, only instances that saw an apply or a busy answer. */
+  perInstance(): Record<string, InstanceCounts>;
   /** Arrival times of the matching requests. */
   times(filter?: StatsFilter): number[];
   /** Count per outcome of the matching requests. */
@@ -37,6 +62,16 @@ export interface EmulatorStats {
 
 export function createStats(): EmulatorStats {
   let arrivals: Arrival[] = [];
+  let applies: Apply[] = [];
+  let counts = new Map<string, InstanceCounts>();
+  const countsOf = (id: string): InstanceCounts => {
+    let c = counts.get(id);
+    if (!c) {
+      c = { applied: 0, mutexAnswers: 0, injectedMutexAnswers: 0 };
+      counts.set(id, c);
+    }
+    return c;
+  };
   const matching = (f: StatsFilter = {}) =>
     arrivals.filter(
       (a) =>
@@ -51,6 +86,20 @@ export function createStats(): EmulatorStats {
       arrivals.push(a);
       return a;
     },
+    get applies() {
+      return applies;
+    },
+    recordApply(a) {
+      applies.push(a);
+      for (const id of a.instanceIds) countsOf(id).applied += 1;
+    },
+    recordBusy(instanceIds, injected) {
+      for (const id of instanceIds) {
+        if (injected) countsOf(id).injectedMutexAnswers += 1;
+        else countsOf(id).mutexAnswers += 1;
+      }
+    },
+    perInstance: () => Object.fromEntries([...counts].map(([id, c]) => [id, { ...c }])),
     times: (f) => matching(f).map((a) => a.at),
     outcomes(f) {
       const counts: Record<string, number> = {};
@@ -64,6 +113,8 @@ export function createStats(): EmulatorStats {
       ),
     reset() {
       arrivals = [];
+      applies = [];
+      counts = new Map();
     },
   };
 }
