@@ -241,6 +241,7 @@ export async function createApp(opts: AppOptions) {
   const lookup = createInstanceCache({ describe, clock });
 
   const gate = policyGate(() => policySource.current());
+  const audit = createAuditSink(logger, metrics);
   const service = createAssociateService({
     clock,
     upstream,
@@ -255,7 +256,7 @@ export async function createApp(opts: AppOptions) {
     owner,
     taskMaxWaitMs: settings.taskMaxWaitMs,
     hooks: {
-      audit: createAuditSink(logger, metrics),
+      audit,
       upstreamCall: (action, code, seconds) => {
         metrics.upstreamCalls.inc({ action, code });
         metrics.upstreamDuration.observe({ action }, seconds);
@@ -274,11 +275,16 @@ export async function createApp(opts: AppOptions) {
     host: settings.host,
     port: settings.port,
     tls: settings.tls,
+    limits: settings.limits,
+    maxDeadlineMs: settings.defaultDeadlineMs,
+    audit,
+    log: logger,
     health: health.impl,
     keyPairService: createKeyPairServiceImpl({
       service,
       clock,
       defaultDeadlineMs: settings.defaultDeadlineMs,
+      audit,
       isDraining: () => draining,
       onInflight: (d) => {
         inflight += d;
