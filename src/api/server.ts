@@ -21,16 +21,25 @@ import { clampDeadline } from "./deadline.js";
 import { peerKey, type RequestInfo, requestIdFrom, requestInfoKey } from "./keypair-service.js";
 import { errorResponse, printable, protocolOf, reclassify, rewriteStatus } from "./refusals.js";
 
-/** A duplex that yields `prefix` and then whatever `socket` receives; writes go to `socket`. */
+/**
+ * A duplex that yields `prefix` and then whatever `socket` receives; writes go to `socket`.
+ * `admit` sees every chunk first; when it says no, the socket is cut before http2 parses it.
+ */
 class PrefixedStream extends Duplex {
   constructor(
     private readonly socket: net.Socket,
     prefix: Buffer,
+    admit: (chunk: Buffer) => boolean,
   ) {
     super();
+    if (!admit(prefix)) {
+      socket.destroy();
+      return;
+    }
     this.push(prefix);
     socket.on("data", (chunk: Buffer) => {
-      if (!this.push(chunk)) socket.pause();
+      if (!admit(chunk)) socket.destroy();
+      else if (!this.push(chunk)) socket.pause();
     });
     socket.once("end", () => this.push(null));
     socket.once("close", () => this.destroy());
@@ -54,6 +63,53 @@ class PrefixedStream extends Duplex {
   }
   get remotePort(): number | undefined {
     return this.socket.remotePort;
+  }
+}
+
+/**
+ * Counts the RST_STREAM frames a client sends by reading only frame headers (9 bytes each) as
+ * they pass, so a rapid-reset flood is cut before nghttp2 and the handlers spend work on it.
+ */
+export class ResetMeter {
+  private skip: number;
+  private head: Buffer = Buffer.alloc(0);
+  private windowStart = 0;
+  private resets = 0;
+  constructor(
+    private readonly perSecond: number,
+    private readonly now: () => number = Date.now,
+    prefaceBytes = H2_PREFACE.length,
+  ) {
+    this.skip = prefaceBytes;
+  }
+  /** False once more than `perSecond` resets arrived within one second. */
+  admit(chunk: Buffer): boolean {
+    let o = 0;
+    while (o < chunk.length) {
+      if (this.skip > 0) {
+        const n = Math.min(this.skip, chunk.length - o);
+        this.skip -= n;
+        o += n;
+        continue;
+      }
+      const take = chunk.subarray(o, o + 9 - this.head.length);
+      o += take.length;
+      this.head = this.head.length === 0 ? take : Buffer.concat([this.head, take]);
+      if (this.head.length < 9) break;
+      this.skip = this.head.readUIntBE(0, 3);
+      const isReset = this.head[3] === 0x3;
+      this.head = Buffer.alloc(0);
+      if (isReset && !this.count()) return false;
+    }
+    return true;
+  }
+  private count(): boolean {
+    const t = this.now();
+    if (t - this.windowStart >= 1_000) {
+      this.windowStart = t;
+      this.resets = 0;
+    }
+    return ++this.resets <= this.perSecond;
   }
 }
 
@@ -121,6 +177,11 @@ export function createApiServer(opts: ApiServerOptions) {
   };
 
   function serve(req: NodeRequest, res: NodeResponse): void {
+    // Streams already buffered from a connection that was cut: no work for them at all.
+    if ("stream" in req && (req.stream.session?.destroyed ?? true)) {
+      req.stream.destroy();
+      return;
+    }
     const started = Date.now();
     // HTTP/1.0 may omit Host; the adapter cannot build a URL without one (and used to throw).
     const authority = "authority" in req ? req.authority : req.headers.host;
@@ -245,7 +306,16 @@ export function createApiServer(opts: ApiServerOptions) {
         if (isH2) {
           // http2 reads the native handle directly and would miss the bytes we already took,
           // so it gets a stream that replays them first.
-          h2s.emit("connection", new PrefixedStream(socket, seen));
+          const meter = new ResetMeter(MAX_RESETS_PER_SECOND);
+          const admit = (chunk: Buffer) => {
+            if (meter.admit(chunk)) return true;
+            opts.log?.warn(
+              { limit: MAX_RESETS_PER_SECOND },
+              "HTTP/2 connection cut: too many reset streams per second",
+            );
+            return false;
+          };
+          h2s.emit("connection", new PrefixedStream(socket, seen, admit));
         } else {
           socket.unshift(seen);
           h1s.emit("connection", socket);
