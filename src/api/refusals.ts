@@ -51,6 +51,12 @@ export function reclassify(err: ConnectError, maxRequestBytes: number): ConnectE
     case Code.InvalidArgument:
     case Code.Unknown:
       return refusal("MALFORMED_REQUEST", `malformed request: ${printable(err.rawMessage)}`, err);
+    case Code.Unimplemented:
+      // No message, or two, for a unary method; an unsupported encoding stays UNIMPLEMENTED (the
+      // protocols say so, and clients fall back on it).
+      return err.rawMessage.startsWith("protocol error:")
+        ? refusal("MALFORMED_REQUEST", `malformed request: ${printable(err.rawMessage)}`, err)
+        : undefined;
     default:
       return undefined;
   }
