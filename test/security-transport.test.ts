@@ -150,7 +150,7 @@ describe("row 5: compression bombs", () => {
   });
 });
 
-describe("row 6: very large bodies", () => {
+describe("row 6: very large bodies and headers", () => {
   it("are refused before parsing, and the audit line stays small", async () => {
     const rss = watchRss(child.pid);
     const before = cloudCalls();
@@ -175,6 +175,19 @@ describe("row 6: very large bodies", () => {
     expect(line?.instanceCount).toBe(4_000);
     expect((line?.instances as string[]).length).toBeLessThanOrEqual(100);
     expect(JSON.stringify(line).length).toBeLessThan(4_000);
+    // Oversized headers: 431 over HTTP/1.1 (Node's parser) and HTTP/2 (keygate's check).
+    const bigHeader = { "content-type": "application/json", "x-padding": "a".repeat(20_000) };
+    expect((await post(port, PATH, bigHeader, "{}")).status).toBe(431);
+    const session = http2.connect(`http://127.0.0.1:${port}`);
+    const h2status = await new Promise<string | undefined>((resolve, reject) => {
+      const q = session.request({ ":method": "POST", ":path": PATH, ...bigHeader });
+      q.on("response", (h) => resolve(String(h[":status"])));
+      q.on("error", reject);
+      q.end("{}");
+      q.resume();
+    });
+    session.close();
+    expect(h2status).toBe("431");
     const longest = Math.max(
       ...child
         .stdout()

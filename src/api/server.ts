@@ -186,6 +186,9 @@ export function createApiServer(opts: ApiServerOptions) {
     // HTTP/1.0 may omit Host; the adapter cannot build a URL without one (and used to throw).
     const authority = "authority" in req ? req.authority : req.headers.host;
     if (!authority) return plain(res, 400, "a Host header is required\n");
+    // Node enforces maxHeaderSize on HTTP/1.1, but over HTTP/2 only its own 64 KiB default.
+    if ("stream" in req && headerListSize(req.rawHeaders) > L.maxHeaderBytes)
+      return plain(res, 431, "request headers too large\n");
     const uHandler = routes.get((req.url ?? "").split("?", 1)[0] ?? "");
     if (!uHandler) return plain(res, 404, "");
 
@@ -434,6 +437,13 @@ function plain(res: NodeResponse, status: number, text: string): void {
   if (res instanceof http.ServerResponse) res.setHeader("connection", "close");
   res.writeHead(status, headers);
   res.end(text);
+}
+
+/** The HTTP/2 header list size as SETTINGS_MAX_HEADER_LIST_SIZE counts it (RFC 9113, 6.5.2). */
+function headerListSize(raw: string[]): number {
+  let n = 0;
+  for (const part of raw) n += part.length;
+  return n + (raw.length / 2) * 32;
 }
 
 function countHeader(raw: string[], name: string): number {
