@@ -276,6 +276,13 @@ export function createApiServer(opts: ApiServerOptions) {
       },
       handler,
     );
+    // HTTP/1.1 over TLS (allowHTTP1) is tracked by Node like a plain http.Server: same timeouts.
+    Object.assign(h2, {
+      headersTimeout: L.headersTimeoutMs,
+      requestTimeout: L.headersTimeoutMs * 2,
+      keepAliveTimeout: L.idleTimeoutMs,
+      connectionsCheckingInterval: Math.min(1_000, L.headersTimeoutMs / 2),
+    });
     front = h2;
   } else {
     h1 = http.createServer(
