@@ -367,7 +367,11 @@ export function createApiServer(opts: ApiServerOptions) {
     let idle: NodeJS.Timeout | undefined;
     const arm = () => {
       clearTimeout(idle);
-      idle = setTimeout(() => session.destroy(), L.idleTimeoutMs);
+      idle = setTimeout(() => {
+        // GOAWAY first, so a client that is about to send knows to reconnect; cut if it lingers.
+        session.close();
+        setTimeout(() => session.destroy(), 1_000).unref();
+      }, L.idleTimeoutMs);
     };
     arm();
     let windowStart = Date.now();
