@@ -356,6 +356,7 @@ describe("row 13: a rapid-reset flood", () => {
       const gone = new Promise<void>((r) => s.once("close", () => r()));
       s.once("close", () => (closed = true));
       await new Promise<void>((r) => s.once("connect", () => r()));
+      s.resume(); // read what the server sends, so its writes never block its reads
       s.write(Buffer.concat([H2_PREFACE, SETTINGS_EMPTY]));
       for (let id = 1, n = 0; n < PER_CONNECTION && !closed; n += 100) {
         const batch: Buffer[] = [];
