@@ -512,8 +512,13 @@ describe("row 10: deadlines above 2^31-1 ms", () => {
   });
 });
 
-describe("memory", () => {
-  it("is still bounded after every row", () => {
+describe("after every row", () => {
+  it("memory is still bounded, and no request ever failed inside keygate", () => {
     expect(rssMb(child.pid)).toBeLessThan(RSS_BOUND_MB);
+    const failures = child
+      .logs()
+      .filter((l) => l.msg === "request handler failed" || String(l.msg).includes("(a bug)"));
+    expect(failures).toEqual([]);
+    expect(child.stderr()).toBe("");
   });
 });

@@ -221,10 +221,12 @@ export function createApiServer(opts: ApiServerOptions) {
       .catch((err: unknown) => errorResponse(protocol, unexpected(err, req)))
       .then((uRes) => universalResponseToNodeResponse(uRes, res))
       .catch((err: unknown) => {
-        // The client went away or the stream was ended: nothing left to answer.
+        // Writing failed. When the client went away (or the stream was ended at its deadline)
+        // that is expected and not worth a line each (a reset flood would flood the log too).
+        const gone = "stream" in req ? req.stream.destroyed : req.socket.destroyed;
         if (!res.writableEnded) endStream(req, res);
-        const ce = ConnectError.from(err);
-        if (ce.code !== Code.Aborted && ce.code !== Code.Canceled) unexpected(err, req);
+        const code = ConnectError.from(err).code;
+        if (!gone && code !== Code.Aborted && code !== Code.Canceled) unexpected(err, req);
       });
   }
 
