@@ -207,6 +207,7 @@ describe("fuzzing the API port", () => {
     console.log(`fuzz: peak RSS ${peak.toFixed(0)} MB`);
     expect(peak).toBeLessThan(RSS_BOUND_MB);
     expect(emulator.stats.arrivals).toHaveLength(0);
+    expect(child.logs().filter((l) => l.msg === "request handler failed")).toEqual([]);
     // Every refusal is one audit line, whether keygate's handler or the transport refused it.
     await pollUntil(
       () => child.logs().filter((l) => l.audit === true).length - auditsBefore === REQUESTS,
