@@ -149,7 +149,9 @@ describe("with TLS terminated in keygate", () => {
       s.write(Buffer.concat(batch));
       await new Promise((r) => setTimeout(r, 2));
     }
-    await Promise.race([gone, new Promise((r) => setTimeout(r, 5_000))]);
+    // The session-level count sees resets only as nghttp2 reports them, after it has read what was
+    // buffered: the cut comes later than on the plain-text front (a generous bound for busy CI).
+    await Promise.race([gone, new Promise((r) => setTimeout(r, 20_000))]);
     expect(s.destroyed || s.readableEnded).toBe(true);
     await pollUntil(
       () => child.logs().some((l) => String(l.msg).includes("too many reset streams")),
@@ -160,5 +162,5 @@ describe("with TLS terminated in keygate", () => {
     expect(await healthy()).toBe(true);
     expect(rss.stop()).toBeLessThan(RSS_BOUND_MB);
     expect(emulator.stats.arrivals).toHaveLength(0);
-  }, 30_000);
+  }, 45_000);
 });
