@@ -138,6 +138,7 @@ export async function createApp(opts: AppOptions) {
   });
 
   // --- the request path ----------------------------------------------------------------------
+  const audit = createAuditSink(logger, metrics);
   const service = createAssociateService({
     clock,
     upstream,
@@ -157,7 +158,7 @@ export async function createApp(opts: AppOptions) {
     owner,
     taskMaxWaitMs: settings.taskMaxWaitMs,
     hooks: {
-      audit: createAuditSink(logger, metrics),
+      audit,
       upstreamCall: (action, code, seconds) => {
         metrics.upstreamCalls.inc({ action, code });
         metrics.upstreamDuration.observe({ action }, seconds);
@@ -176,11 +177,16 @@ export async function createApp(opts: AppOptions) {
     host: settings.host,
     port: settings.port,
     tls: settings.tls,
+    limits: settings.limits,
+    maxDeadlineMs: settings.defaultDeadlineMs,
+    audit,
+    log: logger,
     health: health.impl,
     keyPairService: createKeyPairServiceImpl({
       service,
       clock,
       defaultDeadlineMs: settings.defaultDeadlineMs,
+      audit,
       isDraining: () => draining,
       onInflight: (d) => {
         inflight += d;

@@ -34,6 +34,28 @@ describe("settings from the environment", () => {
     expect(Object.isFrozen(s)).toBe(true);
   });
 
+  it("bounds the API port by default, and refuses limits out of range", () => {
+    expect(loadSettings(base).limits).toEqual({
+      maxRequestBytes: 65_536,
+      maxHeaderBytes: 16_384,
+      maxConnections: 1_000,
+      maxStreamsPerConnection: 100,
+      idleTimeoutMs: 20_000,
+      headersTimeoutMs: 10_000,
+    });
+    const p = problems({
+      ...base,
+      KEYGATE_MAX_REQUEST_BYTES: "100",
+      KEYGATE_MAX_HEADER_BYTES: "1000000",
+      KEYGATE_MAX_CONNECTIONS: "0",
+      KEYGATE_MAX_STREAMS_PER_CONNECTION: "many",
+      KEYGATE_IDLE_TIMEOUT_MS: "10",
+      KEYGATE_HEADERS_TIMEOUT_MS: "3600000",
+    });
+    expect(p).toHaveLength(6);
+    expect(p.join("\n")).toContain("KEYGATE_MAX_REQUEST_BYTES=100 is out of range 1024..4194304");
+  });
+
   it("lists every problem at once and never echoes the secret key", () => {
     const p = problems({
       KEYGATE_PORT: "eighty",

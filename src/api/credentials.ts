@@ -2,12 +2,13 @@ import type { TLSSocket } from "node:tls";
 import type { CallerCredential } from "../core/ports.js";
 
 /**
- * Extracts `authorization: Bearer <token>`. Anything else (another scheme, empty token,
- * stray whitespace inside the token) yields no bearer, which the policy treats as unauthenticated.
+ * Extracts `authorization: Bearer <token>`; the scheme is case-insensitive (RFC 7235). Anything
+ * else (another scheme, empty token, stray whitespace inside the token) yields no bearer, which
+ * the policy treats as unauthenticated.
  */
 export function bearerFrom(header: string | null): string | undefined {
   if (header === null) return undefined;
-  const m = /^Bearer ([A-Za-z0-9._~+/=-]{1,512})$/.exec(header.trim());
+  const m = /^bearer +([A-Za-z0-9._~+/=-]{1,512})$/i.exec(header.trim());
   return m?.[1];
 }
 

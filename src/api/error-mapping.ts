@@ -28,7 +28,7 @@ export const codeOfKind: Record<ErrorKind, Code> = {
 export function toConnectError(err: unknown): ConnectError {
   if (err instanceof ConnectError) return err;
   if (!isKeygateError(err)) {
-    return new ConnectError("internal error", Code.Internal, undefined, [detail("INTERNAL")], err);
+    return new ConnectError("internal error", Code.Internal, undefined, [errorDetail("INTERNAL")], err);
   }
   const e: KeygateError = err;
   const headers = new Headers();
@@ -37,12 +37,18 @@ export function toConnectError(err: unknown): ConnectError {
     e.message,
     codeOfKind[e.kind],
     headers,
-    [detail(e.reason, e.upstreamCode, e.upstreamRequestId, e.retryAfterMs)],
+    [errorDetail(e.reason, e.upstreamCode, e.upstreamRequestId, e.retryAfterMs)],
     e,
   );
 }
 
-function detail(reason: string, upstreamCode?: string, upstreamRequestId?: string, retryAfterMs?: number) {
+/** The keygate.v1.ErrorDetail every error carries. */
+export function errorDetail(
+  reason: string,
+  upstreamCode?: string,
+  upstreamRequestId?: string,
+  retryAfterMs?: number,
+) {
   return {
     desc: ErrorDetailSchema,
     value: create(ErrorDetailSchema, {

@@ -5,7 +5,7 @@ import { createContextKey } from "@connectrpc/connect";
 import type { AssociateService } from "../core/associate-service.js";
 import type { Clock } from "../core/clock.js";
 import { keygateError } from "../core/errors.js";
-import type { CallerCredential } from "../core/ports.js";
+import type { AuditEntry, CallerCredential } from "../core/ports.js";
 import { AssociateKeyPairsResponseSchema, type KeyPairService } from "../gen/keygate/v1/keygate_pb.js";
 import { bearerFrom } from "./credentials.js";
 import { traced } from "../observability/tracing.js";
@@ -14,6 +14,15 @@ import { toConnectError } from "./error-mapping.js";
 /** mTLS identities of the connection, put into the context by the Node adapter. */
 export const peerKey = createContextKey<Pick<CallerCredential, "uris" | "dnsNames">>({});
 
+/** What the transport saw of one request; the server creates a fresh one per request. */
+export interface RequestInfo {
+  /** Set once keygate's handler runs: refusals before that are the transport's to audit. */
+  reached: boolean;
+  /** How many `authorization` headers arrived (Node keeps only the first in `headers`). */
+  authorizationHeaders: number;
+}
+export const requestInfoKey = createContextKey<RequestInfo | undefined>(undefined);
+
 export interface KeyPairServiceOptions {
   service: Pick<AssociateService, "associate">;
   clock: Clock;
@@ -21,18 +30,44 @@ export interface KeyPairServiceOptions {
   defaultDeadlineMs: number;
   isDraining: () => boolean;
   onInflight?: (delta: 1 | -1) => void;
+  /** For refusals made here, before the request reaches the service (which audits the rest). */
+  audit?: ((entry: AuditEntry) => void) | undefined;
 }
 
 /** Translates the proto API to the domain and domain errors back to status codes. */
 export function createKeyPairServiceImpl(opts: KeyPairServiceOptions): ServiceImpl<typeof KeyPairService> {
   return {
     async associateKeyPairs(req, ctx) {
+      const started = opts.clock.now();
+      const info = ctx.values.get(requestInfoKey);
+      if (info) info.reached = true;
       opts.onInflight?.(1);
       try {
         if (opts.isDraining())
           throw keygateError("SHUTTING_DOWN", "this keygate replica is shutting down; retry");
         const timeout = ctx.timeoutMs();
         const requestId = requestIdOf(ctx);
+        if ((info?.authorizationHeaders ?? 0) > 1) {
+          // Which one would win depends on the HTTP stack; refuse rather than guess.
+          opts.audit?.({
+            requestId,
+            tenant: undefined,
+            region: req.region,
+            instances: req.instanceIds,
+            keys: req.keyIds,
+            forceStop: req.forceStop,
+            decision: "denied",
+            rule: "authentication",
+            reason: "UNAUTHENTICATED",
+            error: "more than one authorization header",
+            deduplicated: false,
+            limiterWaitMs: 0,
+            leaseWaitMs: 0,
+            attempts: 0,
+            durationMs: opts.clock.now() - started,
+          });
+          throw keygateError("UNAUTHENTICATED", "send exactly one `authorization: Bearer <token>` header");
+        }
         // The tenant is not known yet (authentication happens inside): the span carries what the
         // request itself says. No-op unless OTEL_* variables turned tracing on.
         const result = await traced(
@@ -87,7 +122,10 @@ export function internalBudget(callerTimeoutMs: number | undefined, defaultDeadl
 }
 
 /** A caller-supplied x-request-id (sanitised) or a fresh one, so logs can be joined across systems. */
-function requestIdOf(ctx: HandlerContext): string {
-  const given = ctx.requestHeader.get("x-request-id");
+export function requestIdFrom(given: string | null): string {
   return given && /^[A-Za-z0-9._:-]{1,64}$/.test(given) ? given : randomUUID();
+}
+
+function requestIdOf(ctx: HandlerContext): string {
+  return requestIdFrom(ctx.requestHeader.get("x-request-id"));
 }

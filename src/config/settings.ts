@@ -33,6 +33,19 @@ export interface Settings {
   tls: { cert: string; key: string; clientCa: string | undefined } | undefined;
   /** Test only: SIGKILL this process when a request reaches this point. */
   testCrashAt: CrashPoint | undefined;
+  /** Bounds on the API port, enforced before a request is parsed or authenticated (docs/decisions.md). */
+  limits: {
+    /** One request message, as received and after decompression. */
+    maxRequestBytes: number;
+    /** All request headers of one request (HTTP/1.1 header block, HTTP/2 header list). */
+    maxHeaderBytes: number;
+    maxConnections: number;
+    maxStreamsPerConnection: number;
+    /** A connection with no traffic at all for this long is closed. */
+    idleTimeoutMs: number;
+    /** First bytes and a complete header block must arrive within this. */
+    headersTimeoutMs: number;
+  };
 }
 
 type Env = Record<string, string | undefined>;
@@ -162,6 +175,14 @@ export function loadSettings(env: Env, mode: "serve" | "dev" = "serve"): Setting
   if (testCrashAt !== undefined && !(CRASH_POINTS as readonly string[]).includes(testCrashAt)) {
     problems.push(`KEYGATE_TEST_CRASH_AT="${testCrashAt}" must be one of ${CRASH_POINTS.join(", ")}`);
   }
+  const limits = {
+    maxRequestBytes: int("KEYGATE_MAX_REQUEST_BYTES", 65_536, 1_024, 4_194_304),
+    maxHeaderBytes: int("KEYGATE_MAX_HEADER_BYTES", 16_384, 1_024, 65_536),
+    maxConnections: int("KEYGATE_MAX_CONNECTIONS", 1_000, 1, 100_000),
+    maxStreamsPerConnection: int("KEYGATE_MAX_STREAMS_PER_CONNECTION", 100, 1, 1_000),
+    idleTimeoutMs: int("KEYGATE_IDLE_TIMEOUT_MS", 20_000, 500, 600_000),
+    headersTimeoutMs: int("KEYGATE_HEADERS_TIMEOUT_MS", 10_000, 500, 60_000),
+  };
 
   if (problems.length > 0) throw new SettingsError(problems);
   return Object.freeze({
@@ -188,5 +209,6 @@ export function loadSettings(env: Env, mode: "serve" | "dev" = "serve"): Setting
     replicas,
     tls: cert && key ? { cert, key, clientCa } : undefined,
     testCrashAt: testCrashAt as CrashPoint | undefined,
+    limits: Object.freeze(limits),
   });
 }

@@ -163,5 +163,7 @@ export interface AuditEntry {
   attempts: number;
   upstreamRequestId?: string | undefined;
   upstreamCode?: string | undefined;
+  /** Why a request that could not be read was refused (bounded, printable). */
+  error?: string | undefined;
   durationMs: number;
 }

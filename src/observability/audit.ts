@@ -2,6 +2,15 @@ import type { AuditEntry } from "../core/ports.js";
 import type { Logger } from "./logger.js";
 import type { Metrics } from "./metrics.js";
 
+/** A valid request has at most 100 of each; a hostile one is logged by count, not in full. */
+const MAX_LOGGED_IDS = 100;
+const MAX_LOGGED_CHARS = 40;
+
+/** Caller-supplied text in a log line: bounded, so a line never grows with the request. */
+function clip(s: string, max = MAX_LOGGED_CHARS): string {
+  return s.length > max ? `${s.slice(0, max)}…` : s;
+}
+
 /**
  * One structured line per decision (G7) plus the request metrics derived from it, so the
  * two can never disagree. The entry holds ids and codes only, never a token or a secret.
@@ -17,9 +26,11 @@ export function createAuditSink(logger: Logger, metrics: Metrics) {
         audit: true,
         requestId: entry.requestId,
         tenant: entry.tenant ?? null,
-        region: entry.region,
-        instances: entry.instances.slice(0, 100),
-        keys: entry.keys.slice(0, 100),
+        region: clip(entry.region),
+        instances: entry.instances.slice(0, MAX_LOGGED_IDS).map((id) => clip(id)),
+        instanceCount: entry.instances.length,
+        keys: entry.keys.slice(0, MAX_LOGGED_IDS).map((id) => clip(id)),
+        keyCount: entry.keys.length,
         forceStop: entry.forceStop,
         decision: entry.decision,
         rule: entry.rule ?? null,
@@ -30,6 +41,7 @@ export function createAuditSink(logger: Logger, metrics: Metrics) {
         attempts: entry.attempts,
         upstreamRequestId: entry.upstreamRequestId ?? null,
         upstreamCode: entry.upstreamCode ?? null,
+        ...(entry.error === undefined ? {} : { error: clip(entry.error, 200) }),
         durationMs: entry.durationMs,
       },
       "decision",
