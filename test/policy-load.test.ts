@@ -2,6 +2,7 @@ import { readFile } from "node:fs/promises";
 import { describe, expect, it } from "vitest";
 import { checkPolicyFile } from "../src/policy/check-command.js";
 import { DEMO_POLICY_YAML } from "../src/policy/demo.js";
+import { loadPolicyFileIsolated, parsePolicyIsolated, validateIsolated } from "../src/policy/isolated.js";
 import { loadPolicyFile, parsePolicy } from "../src/policy/load.js";
 import { SUPPORTED_REGIONS } from "../src/core/regions.js";
 
@@ -188,5 +189,55 @@ describe("keygate policy check", () => {
     const lines = result.output.split("\n");
     expect(lines[0]).toMatch(/invalid-ranges\.yaml: invalid, 7 errors:$/);
     expect(lines.slice(1)).toEqual(invalid["invalid-ranges.yaml"]!.map((e) => `  ${e}`));
+  });
+});
+
+/** 60,000 tenants that are each wrong: seconds and hundreds of MB for the parser and the schema. */
+const CRAFTED = `tenants:\n${Array.from({ length: 60_000 }, (_, i) => `  t${i}: 1\n`).join("")}`;
+
+describe("parsing in a bounded worker", () => {
+  it("gives the same policy, frozen, as parsing in this thread", async () => {
+    const text = await readFile(fixture("valid-full.yaml"), "utf8");
+    const here = parsePolicy(text, "x");
+    const there = await parsePolicyIsolated(text, "x");
+    if (!here.ok || !there.ok) throw new Error("valid-full.yaml should be valid");
+    expect(there.digest).toBe(here.digest);
+    expect([...there.policy.tenants.values()]).toEqual([...here.policy.tenants.values()]);
+    expect(Object.isFrozen(there.policy.tenants.get("team-a"))).toBe(true);
+    expect(() => (there.policy.tenants as Map<string, unknown>).delete("team-a")).toThrow(TypeError);
+  });
+
+  it("gives the same errors as parsing in this thread", async () => {
+    for (const name of ["invalid-ranges.yaml", "invalid-token-hashes.yaml", "invalid-not-yaml.txt"]) {
+      const result = await loadPolicyFileIsolated(fixture(name));
+      expect(result).toMatchObject({ ok: false, errors: invalid[name] });
+    }
+  });
+
+  it("refuses a file whose parse needs more memory than allowed, and this process carries on", async () => {
+    const result = await validateIsolated(CRAFTED, { memoryMb: 16, timeoutMs: 120_000 });
+    expect(result).toEqual({
+      ok: false,
+      errors: ["(file): policy file too complex: parsing exceeded 16 MB"],
+    });
+    expect((await validateIsolated(DEMO_POLICY_YAML)).ok).toBe(true);
+  });
+
+  it("refuses a file whose parse takes longer than allowed", async () => {
+    const result = await validateIsolated(CRAFTED, { timeoutMs: 50 });
+    expect(result).toEqual({
+      ok: false,
+      errors: ["(file): policy file too complex: parsing exceeded 0.05 s"],
+    });
+  });
+
+  it("is cancelled at once by its signal", async () => {
+    const stop = new AbortController();
+    const parsing = validateIsolated(CRAFTED, { signal: stop.signal });
+    await new Promise((r) => setTimeout(r, 200));
+    const asked = Date.now();
+    stop.abort();
+    expect(await parsing).toEqual({ ok: false, errors: ["(file): parsing was cancelled"] });
+    expect(Date.now() - asked).toBeLessThan(1_000);
   });
 });

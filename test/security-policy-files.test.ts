@@ -1,7 +1,7 @@
 /**
  * Hostile policy files against a real `keygate serve` process (issue 9, rows 2, 3, 4 and 12): a
- * huge file, a named pipe, a symlink to a shadow-like file, and a file written in place in two
- * chunks. Each time the process stays alive, healthy and small, says why in the documented log
+ * huge file, a crafted file under the limit that is slow to parse, a named pipe, a symlink to a
+ * shadow-like file, and a file written in place in two chunks. Each time the process stays alive, healthy and small, says why in the documented log
  * line without quoting the file, takes later good versions, and (row 3) exits on SIGTERM.
  */
 import { execFileSync } from "node:child_process";
@@ -149,6 +149,58 @@ describe("hostile policy files against a keygate serve process", () => {
     await expectTakesGoodVersion();
     await expectHealthy(c);
   });
+
+  it("row 2: crafted files under the limit are parsed off the event loop; health stays fast", async () => {
+    const c = await startServe("crafted", ONLY_A);
+    const health = createClient(Health, createGrpcTransport({ baseUrl: `http://127.0.0.1:${api}` }));
+    await health.check({ service: "" }, { timeoutMs: 10_000 });
+    const idleRssKb = rssKb(c.pid);
+    let worstMs = 0;
+    let worstRssKb = 0;
+    /** Checks health back to back until `done` holds, tracking the slowest answer and the peak RSS. */
+    async function probeUntil(done: () => boolean, what: string): Promise<void> {
+      const until = Date.now() + 60_000;
+      while (!done()) {
+        if (Date.now() > until || c.hasExited()) throw new Error(`no ${what}:\n${c.stdout()}${c.stderr()}`);
+        const sent = performance.now();
+        const res = await health.check({ service: "" }, { timeoutMs: 10_000 });
+        worstMs = Math.max(worstMs, performance.now() - sent);
+        expect(res.status).toBe(HealthCheckResponse_ServingStatus.SERVING);
+        worstRssKb = Math.max(worstRssKb, rssKb(c.pid));
+        await new Promise((r) => setTimeout(r, 10));
+      }
+    }
+    const replace = (text: string) => {
+      writeFileSync(file + ".next", text);
+      execFileSync("mv", ["-f", file + ".next", file]);
+    };
+
+    // 200,000 list items that are not instance ids: seconds and hundreds of MB for the parser.
+    const items = `tenants:\n  team-a:\n    tokens_sha256: ["${sha256(TOKEN_A)}"]\n    regions: [ap-guangzhou]
+    keys: "*"\n    instances:\n      ids: [${Array.from({ length: 200_000 }, () => "1").join(", ")}]\n`;
+    expect(items.length).toBeLessThan(1024 * 1024);
+    replace(items);
+    const refused = /expected a string, got 1|policy file too complex/;
+    await probeUntil(() => rejections(c).some((l) => refused.test(JSON.stringify(l.errors))), "rejection");
+    expect(await callAs(TOKEN_A)).not.toBe("UNAUTHENTICATED");
+
+    // A valid file near the limit (40,000 instance ids) is slow to parse too, and is taken.
+    const ids = Array.from({ length: 40_000 }, (_, i) => `ins-${i.toString(36).padStart(8, "0")}`);
+    const valid = `${policy(tenant("team-a", TOKEN_A)).replace('instances: "*"', `instances: {ids: [${ids.join(", ")}]}`)}`;
+    expect(valid.length).toBeLessThan(1024 * 1024);
+    const loads = () => c.logs().filter((l) => l.msg === "policy loaded").length;
+    replace(valid);
+    await probeUntil(() => loads() > 0, "load of the valid version");
+
+    const mb = (kb: number) => Math.round(kb / 1024);
+    console.log(
+      `crafted reloads: health max ${worstMs.toFixed(0)} ms; RSS ${mb(idleRssKb)} MB idle, ${mb(worstRssKb)} MB max`,
+    );
+    expect(worstMs).toBeLessThan(1_000); // 8 s when the parse ran on the event loop
+    expect(worstRssKb).toBeLessThan(RSS_LIMIT_KB);
+    await expectTakesGoodVersion();
+    await expectHealthy(c);
+  }, 150_000);
 
   it("row 2: start-up with a too-big file fails at once with a clear message", async () => {
     file = join(dir, "huge-start.yaml");

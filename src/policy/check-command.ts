@@ -2,7 +2,7 @@
  * `keygate policy check FILE`: the same validation the gateway runs at start-up and on reload,
  * offline, so a policy change can be checked in CI before it reaches a ConfigMap.
  */
-import { loadPolicyFile } from "./load.js";
+import { loadPolicyFileIsolated } from "./isolated.js";
 
 export interface CheckResult {
   /** 0 = valid, 1 = invalid (every error is in `output`). */
@@ -11,7 +11,8 @@ export interface CheckResult {
 }
 
 export async function checkPolicyFile(path: string): Promise<CheckResult> {
-  const result = await loadPolicyFile(path);
+  // The same bounded parse as the gateway, so a file too complex to load fails here first.
+  const result = await loadPolicyFileIsolated(path);
   if (!result.ok) {
     const n = result.errors.length;
     const lines = [

@@ -31,10 +31,22 @@ export function digestOf(text: string): string {
 /** Validates policy YAML; `sourceName` only labels the result (a path, "demo", …). */
 export function parsePolicy(text: string, sourceName: string): PolicyLoadResult {
   const digest = digestOf(text);
+  const checked = validatePolicyText(text);
+  if (!checked.ok) return { ok: false, errors: checked.errors, digest };
+  return { ok: true, policy: policyFromFile(checked.file, sourceName, digest), digest };
+}
+
+/**
+ * The expensive half of `parsePolicy`: YAML parsing and validation. Its answer is plain data (no
+ * class instances), so it can cross a worker boundary by structured clone; see `isolated.ts`.
+ */
+export type PolicyValidation = { ok: true; file: PolicyFile } | { ok: false; errors: string[] };
+
+export function validatePolicyText(text: string): PolicyValidation {
   const depth = flowDepth(text);
   if (depth > MAX_FLOW_DEPTH) {
     const error = `(file): brackets nest ${depth} deep (at most ${MAX_FLOW_DEPTH}); not a policy`;
-    return { ok: false, errors: [error], digest };
+    return { ok: false, errors: [error] };
   }
   const yamlErrors: string[] = [];
   const lines = new LineCounter();
@@ -54,27 +66,27 @@ export function parsePolicy(text: string, sourceName: string): PolicyLoadResult 
     const at = lines.linePos(offset);
     yamlErrors.push(`line ${at.line}, column ${at.col}: ${what}`);
   }
-  if (yamlErrors.length > 0) return { ok: false, errors: capErrors(yamlErrors), digest };
+  if (yamlErrors.length > 0) return { ok: false, errors: capErrors(yamlErrors) };
 
   let raw: unknown;
   try {
     raw = doc.toJS({ maxAliasCount: 100 });
   } catch (e) {
     const why = excerptProse((e as Error).message, "it cannot be turned into data");
-    return { ok: false, errors: [`(file): not usable YAML: ${why}`], digest };
+    return { ok: false, errors: [`(file): not usable YAML: ${why}`] };
   }
 
   if (raw === null || raw === undefined) {
-    return { ok: false, errors: ['(file): is empty; expected a map with "tenants"'], digest };
+    return { ok: false, errors: ['(file): is empty; expected a map with "tenants"'] };
   }
   const parsed = policyFileSchema.safeParse(raw, { reportInput: true });
   const errors = parsed.success ? [] : parsed.error.issues.flatMap((i) => formatIssue(i));
   errors.push(...crossTenantErrors(raw));
-  if (!parsed.success || errors.length > 0) return { ok: false, errors: capErrors(errors), digest };
-  return { ok: true, policy: buildPolicy(parsed.data, sourceName, digest), digest };
+  if (!parsed.success || errors.length > 0) return { ok: false, errors: capErrors(errors) };
+  return { ok: true, file: parsed.data };
 }
 
-/** Reads and validates the file at `path` (bounded like every policy read). Never throws. */
+/** Reads and validates the file at `path`, parsing in this thread (tests; the gateway and `policy check` use `loadPolicyFileIsolated`). Never throws. */
 export async function loadPolicyFile(path: string): Promise<PolicyLoadResult> {
   const read = await readPolicyFile(path);
   if (!read.ok) return { ok: false, errors: [read.error], digest: undefined };
@@ -317,7 +329,8 @@ function buildTenant(name: string, t: TenantFile): TenantPolicy {
   });
 }
 
-function buildPolicy(file: PolicyFile, source: string, digest: string): Policy {
+/** Indexes and freezes a validated file: linear in its size, cheap next to parsing it. */
+export function policyFromFile(file: PolicyFile, source: string, digest: string): Policy {
   const tenants = Object.entries(file.tenants).map(([name, t]) => buildTenant(name, t));
   return Object.freeze({
     source,

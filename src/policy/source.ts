@@ -5,11 +5,13 @@
  * file's content digest (slow but certain: watches miss events on some volume types and can
  * die). A new version is taken only once it has settled (a file written in place may be read
  * half-written), and one that fails validation is refused: the last good one stays in force.
- * Every read is bounded in size and time (see `readPolicyFile`), and shutdown never waits for one.
+ * Every read is bounded in size and time (see `readPolicyFile`), every parse runs in a worker
+ * bounded in memory and time (see `isolated.ts`), and shutdown never waits for either.
  */
 import { watch, type FSWatcher } from "node:fs";
 import { setTimeout as sleep } from "node:timers/promises";
 import { dirname } from "node:path";
+import { parsePolicyIsolated } from "./isolated.js";
 import { parsePolicy, readPolicyFile, type PolicyReadResult } from "./load.js";
 import type { Policy } from "./policy.js";
 
@@ -149,7 +151,8 @@ export function createPolicySource(options: PolicySourceOptions): ManagedPolicyS
       return "unchanged";
     }
     if (read.digest === rejected) return "unchanged";
-    const result = parsePolicy(read.text, path);
+    const result = await parsePolicyIsolated(read.text, path, { signal: shutdown.signal });
+    if (closed) return "unchanged";
     if (!result.ok) return refuse(read.digest, result.errors);
     policy = result.policy;
     rejected = undefined;
@@ -212,7 +215,7 @@ export function createPolicySource(options: PolicySourceOptions): ManagedPolicyS
       const read = await readSettled(() => false);
       if (read === undefined) return { ok: false, errors: ["(file): closed before the policy was read"] };
       if (!read.ok) return { ok: false, errors: [read.error] };
-      const result = parsePolicy(read.text, path);
+      const result = await parsePolicyIsolated(read.text, path, { signal: shutdown.signal });
       if (!result.ok) return { ok: false, errors: result.errors };
       policy = result.policy;
       logger?.info({ path, digest: result.digest, tenants: policy.tenants.size }, "policy file loaded");
