@@ -8,6 +8,7 @@ import type {
   BucketSpec,
   CallOptions,
   CallerCredential,
+  Execution,
   InstanceLookup,
   Leases,
   Operations,
@@ -115,7 +116,7 @@ export function createAssociateService(opts: AssociateServiceOptions) {
           idempotency: request.idempotencyKey
             ? { tenant: tenant.name, key: request.idempotencyKey }
             : undefined,
-          execute: () => execute(tenant, input, request.waitForCompletion, call, entry),
+          execute: (execution) => execute(tenant, input, request.waitForCompletion, call, entry, execution),
         },
         call,
       );
@@ -157,6 +158,7 @@ export function createAssociateService(opts: AssociateServiceOptions) {
     waitForCompletion: boolean,
     call: AssociateCall,
     entry: AuditEntry,
+    _execution: Execution,
   ): Promise<AssociateResult> {
     crashPoint("after-claim");
     const leaseStart = clock.now();

@@ -78,13 +78,41 @@ export interface Leases {
   close(): Promise<void>;
 }
 
+/** How far an execution got with its cloud call (docs/decisions/operation-lifecycle.md). */
+export type SendPhase = "sending" | "sent" | "uncertain";
+
+/** What one execution of an operation may know and record about its cloud call. */
+export interface Execution {
+  /**
+   * Left by an earlier executor of the same operation that vanished (crashed, stalled) after it
+   * may have sent: the new executor must not send blindly (watch `requestId`, or reconcile).
+   */
+  inherited?: { phase: SendPhase; sentAt: number; requestId?: string | undefined } | undefined;
+  /**
+   * Records the cloud call's progress before and after the send. Fenced: it rejects when this
+   * execution no longer owns the operation, and then nothing may be sent.
+   */
+  mark(phase: SendPhase, detail?: { sentAt?: number; requestId?: string }): Promise<void>;
+}
+
+/** An execution that records nothing (no shared store behind it). */
+export const unrecordedExecution: Execution = { mark: () => Promise.resolve() };
+
+/**
+ * Whether the shared store may have lost its state (e.g. Redis restarted empty) and has not been
+ * verified since: until it has, keygate checks with the cloud before it sends.
+ */
+export interface StoreIntegrity {
+  suspect(): boolean;
+}
+
 export interface OperationRun {
   /** Identical requests (same credential scope, region, instance set, key set, force_stop) share it. */
   fingerprint: string;
   /** Present when the caller gave an idempotency_key. */
   idempotency?: { tenant: string; key: string } | undefined;
   /** Does the work; called at most once cluster-wide per fingerprint in flight / idempotency key. */
-  execute: () => Promise<AssociateResult>;
+  execute: (execution: Execution) => Promise<AssociateResult>;
 }
 
 /** Coalescing of identical in-flight calls and idempotency keys (24 h), shared by all replicas. */

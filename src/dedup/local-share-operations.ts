@@ -76,9 +76,9 @@ export function createLocalShareOperations(options: LocalShareOperationsOptions)
   /** `op` whose execute is recorded in `running` (and reports that it started). */
   const tracked = (op: OperationRun, started: { value: boolean }): OperationRun => ({
     ...op,
-    execute: () => {
+    execute: (execution) => {
       started.value = true;
-      const work = op.execute();
+      const work = op.execute(execution);
       const outcome = work.then(
         (result): Outcome => ({ ok: true, result }),
         (e: unknown) => failureOutcome(e),

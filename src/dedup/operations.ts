@@ -2,7 +2,7 @@ import { createHash, randomUUID } from "node:crypto";
 import type { Clock } from "../core/clock.js";
 import { keygateError } from "../core/errors.js";
 import type { AssociateResult } from "../core/model.js";
-import type { CallOptions, OperationRun, Operations } from "../core/ports.js";
+import { unrecordedExecution, type CallOptions, type OperationRun, type Operations } from "../core/ports.js";
 import { backoffMs, guarded, pause, throwIfAborted } from "../core/call-wait.js";
 import { idempotencyKey, type OperationStore } from "./operation-store.js";
 import {
@@ -91,7 +91,7 @@ export function createOperations(options: OperationsOptions): Operations {
     let outcome: Outcome;
     let thrown: { error: unknown } | undefined;
     try {
-      outcome = { ok: true, result: { ...(await op.execute()), deduplicated: false } };
+      outcome = { ok: true, result: { ...(await op.execute(unrecordedExecution)), deduplicated: false } };
     } catch (e) {
       outcome = failureOutcome(e);
       thrown = { error: e };
