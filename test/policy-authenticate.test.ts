@@ -13,13 +13,13 @@ function policy(): Policy {
 tenants:
   team-a:
     tokens_sha256: ["${tokenSha256Hex(TOKEN_A)}", "${tokenSha256Hex(TOKEN_A2)}"]
-    identities: { spiffe: ["spiffe://cluster.local/ns/a/sa/deployer"], dns: [svc.team-a.internal] }
+    identities: { uris: ["spiffe://cluster.local/ns/a/sa/deployer"], dns: [svc.team-a.internal] }
     regions: [ap-guangzhou]
     instances: "*"
     keys: "*"
   team-b:
     tokens_sha256: ["${tokenSha256Hex(TOKEN_B)}"]
-    identities: { dns: [svc.team-b.internal] }
+    identities: { dnsNames: [svc.team-b.internal] }
     regions: [ap-guangzhou]
     instances: "*"
     keys: "*"
@@ -62,35 +62,33 @@ describe("authenticateIdentity", () => {
   const p = policy();
 
   it("maps a SPIFFE id or a DNS name to its tenant", () => {
-    expect(authenticateIdentity(p, { spiffe: ["spiffe://cluster.local/ns/a/sa/deployer"] })?.name).toBe(
+    expect(authenticateIdentity(p, { uris: ["spiffe://cluster.local/ns/a/sa/deployer"] })?.name).toBe(
       "team-a",
     );
-    expect(authenticateIdentity(p, { dns: ["svc.team-b.internal"] })?.name).toBe("team-b");
+    expect(authenticateIdentity(p, { dnsNames: ["svc.team-b.internal"] })?.name).toBe("team-b");
   });
 
   it("compares DNS names without regard to case or a trailing dot", () => {
-    expect(authenticateIdentity(p, { dns: ["SVC.Team-A.internal."] })?.name).toBe("team-a");
+    expect(authenticateIdentity(p, { dnsNames: ["SVC.Team-A.internal."] })?.name).toBe("team-a");
   });
 
   it("compares SPIFFE ids exactly", () => {
-    expect(
-      authenticateIdentity(p, { spiffe: ["spiffe://cluster.local/ns/a/sa/deployer/x"] }),
-    ).toBeUndefined();
-    expect(authenticateIdentity(p, { spiffe: ["spiffe://cluster.local/ns/a/sa"] })).toBeUndefined();
+    expect(authenticateIdentity(p, { uris: ["spiffe://cluster.local/ns/a/sa/deployer/x"] })).toBeUndefined();
+    expect(authenticateIdentity(p, { uris: ["spiffe://cluster.local/ns/a/sa"] })).toBeUndefined();
   });
 
   it("ignores SANs that name no tenant next to one that does", () => {
-    const peer = { spiffe: ["spiffe://other/x"], dns: ["unrelated.example", "svc.team-a.internal"] };
+    const peer = { uris: ["spiffe://other/x"], dnsNames: ["unrelated.example", "svc.team-a.internal"] };
     expect(authenticateIdentity(p, peer)?.name).toBe("team-a");
   });
 
   it("refuses a certificate whose SANs name two tenants", () => {
-    const peer = { spiffe: ["spiffe://cluster.local/ns/a/sa/deployer"], dns: ["svc.team-b.internal"] };
+    const peer = { uris: ["spiffe://cluster.local/ns/a/sa/deployer"], dnsNames: ["svc.team-b.internal"] };
     expect(authenticateIdentity(p, peer)).toBeUndefined();
   });
 
   it("refuses an empty or unknown identity", () => {
     expect(authenticateIdentity(p, {})).toBeUndefined();
-    expect(authenticateIdentity(p, { dns: ["svc.team-c.internal"] })).toBeUndefined();
+    expect(authenticateIdentity(p, { dnsNames: ["svc.team-c.internal"] })).toBeUndefined();
   });
 });

@@ -1,7 +1,7 @@
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
 import type { AssociateInput, InstanceInfo } from "../src/core/model.js";
-import { decide, needsLookup, type InstanceLookup } from "../src/policy/decide.js";
+import { evaluate, needsLookup, type FoundInstances } from "../src/policy/decide.js";
 import type { TenantPolicy } from "../src/policy/policy.js";
 import { SUPPORTED_REGIONS } from "../src/core/regions.js";
 
@@ -45,7 +45,7 @@ function request(over: Partial<AssociateInput> = {}): AssociateInput {
   };
 }
 
-const lookupOf = (...infos: InstanceInfo[]): InstanceLookup => new Map(infos.map((i) => [i.instanceId, i]));
+const lookupOf = (...infos: InstanceInfo[]): FoundInstances => new Map(infos.map((i) => [i.instanceId, i]));
 
 describe("decide: examples", () => {
   it("allows an instance matched by id, by all tags, or by project", () => {
@@ -54,7 +54,7 @@ describe("decide: examples", () => {
       info("ins-project1", 1001, { owner: "team-b" }),
     );
     const r = request({ instanceIds: ["ins-aaaaaaa1", "ins-tagged01", "ins-project1"] });
-    expect(decide(tenant(), r, lookup)).toEqual({ allowed: true });
+    expect(evaluate(tenant(), r, lookup)).toEqual({ allowed: true });
   });
 
   it("requires every listed tag to be equal", () => {
@@ -62,7 +62,7 @@ describe("decide: examples", () => {
       instances: { ids: new Set(), tags: { owner: "team-a", env: "prod" }, projects: new Set() },
     });
     const lookup = lookupOf(info("ins-tagged01", 7, { owner: "team-a", env: "dev" }));
-    expect(decide(t, request({ instanceIds: ["ins-tagged01"] }), lookup)).toMatchObject({
+    expect(evaluate(t, request({ instanceIds: ["ins-tagged01"] }), lookup)).toMatchObject({
       allowed: false,
       rule: "instances",
       offending: ["ins-tagged01"],
@@ -71,13 +71,13 @@ describe("decide: examples", () => {
 
   it("denies an instance unknown to the cloud unless its id is listed", () => {
     const r = request({ instanceIds: ["ins-aaaaaaa1", "ins-nothere1"] });
-    expect(decide(tenant(), r, new Map([["ins-nothere1", undefined]]))).toEqual({
+    expect(evaluate(tenant(), r, new Map([["ins-nothere1", undefined]]))).toEqual({
       allowed: false,
       rule: "instances",
       message: "instances not allowed for this tenant: ins-nothere1",
       offending: ["ins-nothere1"],
     });
-    expect(decide(tenant(), r, new Map())).toMatchObject({ allowed: false, rule: "instances" });
+    expect(evaluate(tenant(), r, new Map())).toMatchObject({ allowed: false, rule: "instances" });
   });
 
   it("names the first failing rule in a fixed order", () => {
@@ -88,14 +88,14 @@ describe("decide: examples", () => {
       instanceIds: ["ins-zzzzzzz1", "ins-zzzzzzz2"],
       keyIds: ["skey-zzzzzzzz"],
     });
-    expect(decide(t, bad, new Map())).toMatchObject({ rule: "regions", offending: ["ap-tokyo"] });
-    expect(decide(t, { ...bad, region: "ap-shanghai" }, new Map())).toMatchObject({ rule: "force_stop" });
-    expect(decide(t, { ...bad, region: "ap-shanghai", forceStop: false }, new Map())).toMatchObject({
+    expect(evaluate(t, bad, new Map())).toMatchObject({ rule: "regions", offending: ["ap-tokyo"] });
+    expect(evaluate(t, { ...bad, region: "ap-shanghai" }, new Map())).toMatchObject({ rule: "force_stop" });
+    expect(evaluate(t, { ...bad, region: "ap-shanghai", forceStop: false }, new Map())).toMatchObject({
       rule: "max_instances_per_request",
       message: "2 instances in one request; this tenant may send at most 1",
     });
     expect(
-      decide(
+      evaluate(
         t,
         { ...bad, region: "ap-shanghai", forceStop: false, instanceIds: ["ins-zzzzzzz1"] },
         new Map(),
@@ -104,13 +104,13 @@ describe("decide: examples", () => {
   });
 
   it("allows force_stop only to tenants that have it", () => {
-    expect(decide(tenant({ forceStop: true }), request({ forceStop: true }), new Map()).allowed).toBe(true);
-    expect(decide(tenant(), request({ forceStop: true }), new Map())).toMatchObject({ rule: "force_stop" });
+    expect(evaluate(tenant({ forceStop: true }), request({ forceStop: true }), new Map()).allowed).toBe(true);
+    expect(evaluate(tenant(), request({ forceStop: true }), new Map())).toMatchObject({ rule: "force_stop" });
   });
 
   it("lists offending ids once each, and shortens long messages", () => {
     const ids = Array.from({ length: 12 }, (_, i) => `ins-zzzzzz${String(i).padStart(2, "0")}`);
-    const d = decide(
+    const d = evaluate(
       tenant({ maxInstancesPerRequest: 100 }),
       request({ instanceIds: [...ids, ids[0]!] }),
       new Map(),
@@ -205,9 +205,9 @@ describe("decide: properties", () => {
         idArb.chain((id) => fc.tuple(fc.constant(id), fc.option(infoArb(id), { nil: undefined }))),
         (t, { req, lookup }, [extraId, extraInfo]) => {
           fc.pre(!req.instanceIds.includes(extraId));
-          const before = decide(t, req, lookup);
+          const before = evaluate(t, req, lookup);
           const bigger = { ...req, instanceIds: [...req.instanceIds, extraId] };
-          const after = decide(t, bigger, new Map([...lookup, [extraId, extraInfo]]));
+          const after = evaluate(t, bigger, new Map([...lookup, [extraId, extraInfo]]));
           if (!before.allowed) expect(after.allowed).toBe(false);
         },
       ),
@@ -224,7 +224,7 @@ describe("decide: properties", () => {
           forceStop: true,
           maxInstancesPerRequest: 100,
         });
-        expect(decide(t, req, new Map())).toEqual({ allowed: true });
+        expect(evaluate(t, req, new Map())).toEqual({ allowed: true });
       }),
     );
   });
@@ -238,7 +238,7 @@ describe("decide: properties", () => {
         const withForeign = { ...req, instanceIds: [...req.instanceIds, foreign] };
         const full = new Map(lookup);
         if (knownToCloud) full.set(foreign, info(foreign, 4242, {}));
-        const d = decide(t, withForeign, full);
+        const d = evaluate(t, withForeign, full);
         expect(d.allowed).toBe(false);
         if (!d.allowed && d.rule === "instances") expect(d.offending).toContain(foreign);
       }),
@@ -248,7 +248,7 @@ describe("decide: properties", () => {
   it("a refusal mentions only the request's own values, never the policy's", () => {
     fc.assert(
       fc.property(tenantArb, scenarioArb, (t, { req, lookup }) => {
-        const d = decide(t, req, lookup);
+        const d = evaluate(t, req, lookup);
         if (d.allowed) return;
         const own = new Set([req.region, ...req.instanceIds, ...req.keyIds]);
         for (const o of d.offending) expect(own.has(o)).toBe(true);
@@ -267,7 +267,7 @@ describe("decide: properties", () => {
       fc.property(tenantArb, scenarioArb, (t, { req, lookup }) => {
         const asked = new Set(needsLookup(t, req));
         const partial = new Map([...lookup].filter(([id]) => asked.has(id)));
-        expect(decide(t, req, partial)).toEqual(decide(t, req, lookup));
+        expect(evaluate(t, req, partial)).toEqual(evaluate(t, req, lookup));
       }),
     );
   });
@@ -275,7 +275,7 @@ describe("decide: properties", () => {
   it("every supported region is usable by a tenant that lists it", () => {
     for (const region of SUPPORTED_REGIONS) {
       const t = tenant({ regions: new Set([region]), instances: "*", keys: "*" });
-      expect(decide(t, request({ region }), new Map()).allowed).toBe(true);
+      expect(evaluate(t, request({ region }), new Map()).allowed).toBe(true);
     }
   });
 });

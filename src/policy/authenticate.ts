@@ -3,6 +3,7 @@
  * policy in force. Anything ambiguous or unknown resolves to no tenant (deny by default).
  */
 import { createHash, timingSafeEqual } from "node:crypto";
+import type { CallerCredential } from "../core/ports.js";
 import type { Policy, TenantPolicy } from "./policy.js";
 
 /** Tokens longer than this are not ours; refusing them bounds the hashing work per request. */
@@ -46,25 +47,20 @@ export function authenticateBearer(policy: Policy, token: string | undefined): T
   return found;
 }
 
-/** Identities read from a verified client certificate's SANs. */
-export interface PeerIdentity {
-  /** URI SANs of the form spiffe://… */
-  spiffe?: readonly string[] | undefined;
-  /** DNS SANs. */
-  dns?: readonly string[] | undefined;
-}
-
 /**
  * The tenant a verified client certificate stands for. A certificate whose SANs name two
  * different tenants is refused rather than resolved by some order of precedence.
  */
-export function authenticateIdentity(policy: Policy, peer: PeerIdentity): TenantPolicy | undefined {
+export function authenticateIdentity(
+  policy: Policy,
+  peer: Pick<CallerCredential, "uris" | "dnsNames">,
+): TenantPolicy | undefined {
   const matched = new Set<TenantPolicy>();
-  for (const id of peer.spiffe ?? []) {
+  for (const id of peer.uris ?? []) {
     const t = policy.bySpiffe.get(id);
     if (t) matched.add(t);
   }
-  for (const name of peer.dns ?? []) {
+  for (const name of peer.dnsNames ?? []) {
     const t = policy.byDns.get(name.toLowerCase().replace(/\.$/, ""));
     if (t) matched.add(t);
   }

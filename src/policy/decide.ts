@@ -8,25 +8,16 @@
  * that does not exist, so probing ids reveals nothing about the account.
  */
 import type { AssociateInput, InstanceInfo } from "../core/model.js";
+import type { PolicyDecision } from "../core/ports.js";
 import type { InstanceSelectors, TenantPolicy } from "./policy.js";
 
+/** The rules a refusal can name (the gate adds "tenant" for a tenant gone from the policy). */
 export type PolicyRule = "regions" | "force_stop" | "max_instances_per_request" | "keys" | "instances";
 
-export type Decision =
-  | { allowed: true }
-  | {
-      allowed: false;
-      rule: PolicyRule;
-      /** Safe to return to the caller. */
-      message: string;
-      /** The request's own values that broke the rule (region, key or instance ids), in request order. */
-      offending: string[];
-    };
-
 /** What DescribeInstances said; an id absent from the map, or mapped to undefined, is unknown to the cloud. */
-export type InstanceLookup = ReadonlyMap<string, InstanceInfo | undefined>;
+export type FoundInstances = ReadonlyMap<string, InstanceInfo | undefined>;
 
-const ALLOWED: Decision = Object.freeze({ allowed: true });
+const ALLOWED: PolicyDecision = Object.freeze({ allowed: true });
 
 /** Keeps messages readable for 100-id requests; `offending` still lists them all. */
 const MAX_IDS_IN_MESSAGE = 10;
@@ -40,12 +31,12 @@ function unique(values: readonly string[]): string[] {
   return [...new Set(values)];
 }
 
-function deny(rule: PolicyRule, message: string, offending: string[]): Decision {
+function deny(rule: PolicyRule, message: string, offending: string[]): PolicyDecision {
   return { allowed: false, rule, message, offending };
 }
 
 /** The rules that need no knowledge of the instances; undefined when they all pass. */
-function decideWithoutInstances(tenant: TenantPolicy, request: AssociateInput): Decision | undefined {
+function decideWithoutInstances(tenant: TenantPolicy, request: AssociateInput): PolicyDecision | undefined {
   if (!tenant.regions.has(request.region)) {
     return deny("regions", `region ${request.region} is not allowed for this tenant`, [request.region]);
   }
@@ -88,7 +79,7 @@ export function instanceMatches(
 }
 
 /** Allows the request only when every rule passes; `lookup` needs the ids `needsLookup` returned. */
-export function decide(tenant: TenantPolicy, request: AssociateInput, lookup: InstanceLookup): Decision {
+export function evaluate(tenant: TenantPolicy, request: AssociateInput, lookup: FoundInstances): PolicyDecision {
   const early = decideWithoutInstances(tenant, request);
   if (early) return early;
   const selectors = tenant.instances;

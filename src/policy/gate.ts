@@ -1,6 +1,6 @@
 import type { PolicyDecision, PolicyGate, Tenant } from "../core/ports.js";
 import { authenticateBearer, authenticateIdentity } from "./authenticate.js";
-import { decide, needsLookup } from "./decide.js";
+import { evaluate, needsLookup } from "./decide.js";
 import type { Policy } from "./policy.js";
 
 const TENANT_GONE: PolicyDecision = {
@@ -25,7 +25,7 @@ export function createPolicyGate(current: () => Policy): PolicyGate {
         cred.bearer !== undefined
           ? authenticateBearer(p, cred.bearer)
           : cred.uris || cred.dnsNames
-            ? authenticateIdentity(p, { spiffe: cred.uris ?? [], dns: cred.dnsNames ?? [] })
+            ? authenticateIdentity(p, cred)
             : undefined;
       return t ? { name: t.name, weight: t.weight } : undefined;
     },
@@ -35,7 +35,7 @@ export function createPolicyGate(current: () => Policy): PolicyGate {
     },
     decide(t, input, found) {
       const tp = tenantOf(t);
-      return tp ? decide(tp, input, found) : TENANT_GONE;
+      return tp ? evaluate(tp, input, found) : TENANT_GONE;
     },
   };
 }
