@@ -9,7 +9,7 @@ import {
   isTransientUpstream as isRetryableUpstream,
 } from "../src/core/cloud-errors.js";
 
-describe("classifyUpstreamCode follows SPEC.md's status table", () => {
+describe("classifyUpstreamCode follows the README's status table", () => {
   // Every code on the AssociateInstancesKeyPairs API page, plus the common ones keygate can meet.
   it.each([
     ["MissingParameter", "invalid_argument"],
