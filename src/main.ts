@@ -10,7 +10,7 @@ import { createKeyPairServiceImpl } from "./api/keypair-service.js";
 import type { Settings } from "./config/settings.js";
 import { createAssociateService } from "./core/associate-service.js";
 import { type Clock, systemClock } from "./core/clock.js";
-import type { BucketSpec, CallOptions, PolicyGate, Tenant } from "./core/ports.js";
+import type { BucketSpec, PolicyGate, Tenant } from "./core/ports.js";
 import { createFallbackOperations } from "./dedup/fallback-operations.js";
 import { createMemoryOperations } from "./dedup/memory-operations.js";
 import { createRedisOperations } from "./dedup/redis-operations.js";
@@ -35,6 +35,7 @@ import {
   credentialIdentity,
   createTencentUpstream,
 } from "./upstream/tencent-upstream.js";
+import { createMeteredDescribe, DESCRIBE_ACTION } from "./upstream/metered-describe.js";
 
 export interface AppOptions {
   settings: Settings;
@@ -47,7 +48,7 @@ export interface AppOptions {
 }
 
 export const ASSOCIATE_ACTION = "AssociateInstancesKeyPairs";
-export const DESCRIBE_ACTION = "DescribeInstances";
+export { DESCRIBE_ACTION };
 
 export async function createApp(opts: AppOptions) {
   const { settings, logger } = opts;
@@ -187,24 +188,20 @@ export async function createApp(opts: AppOptions) {
     metrics.limiterQueueDepth.set({ action: DESCRIBE_ACTION }, limiter.queueDepth(describeBucket.key));
   });
 
-  /** DescribeInstances through its own cluster-wide 40/s bucket (policy lookups and task polling share it). */
-  const describe = async (region: string, ids: string[], call: CallOptions) => {
-    await limiter.acquire({ bucket: describeBucket, tenant: "keygate", weight: 1, ...call });
-    const t0 = clock.now();
-    try {
-      const r = await upstream.describeInstances(region, ids, call);
-      metrics.upstreamCalls.inc({ action: DESCRIBE_ACTION, code: "OK" });
-      return r.instances;
-    } catch (err) {
-      const code =
-        (err as { upstreamCode?: string; reason?: string }).upstreamCode ??
-        (err as { reason?: string }).reason;
-      metrics.upstreamCalls.inc({ action: DESCRIBE_ACTION, code: code ?? "UNKNOWN" });
-      throw err;
-    } finally {
-      metrics.upstreamDuration.observe({ action: DESCRIBE_ACTION }, (clock.now() - t0) / 1000);
-    }
-  };
+  /** DescribeInstances through its own cluster-wide bucket (policy lookups and task polling share it). */
+  const describe = createMeteredDescribe({
+    upstream,
+    limiter,
+    clock,
+    bucket: describeBucket,
+    tenantBudget: settings.lookupRatePerTenant,
+    hooks: {
+      call: (code, seconds) => {
+        metrics.upstreamCalls.inc({ action: DESCRIBE_ACTION, code });
+        metrics.upstreamDuration.observe({ action: DESCRIBE_ACTION }, seconds);
+      },
+    },
+  });
 
   // --- leases, coalescing, task watch ---------------------------------------------------------
   const localShare = redis && settings.onStoreDown === "local-share" ? redis : undefined;

@@ -15,6 +15,8 @@ export interface Settings {
   upstreamUrl: string | undefined;
   rateLimit: number;
   describeRateLimit: number;
+  /** DescribeInstances policy lookups per second per tenant, cluster-wide (0 = no budget). */
+  lookupRatePerTenant: number;
   /** Extra width of the limiter's window over the cloud's 1000 ms, absorbing grant-to-arrival jitter. */
   rateMarginMs: number;
   logLevel: "fatal" | "error" | "warn" | "info" | "debug" | "trace" | "silent";
@@ -126,6 +128,7 @@ export function loadSettings(env: Env, mode: "serve" | "dev" = "serve"): Setting
 
   const rateLimit = int("KEYGATE_RATE_LIMIT", 10, 1, 1000);
   const describeRateLimit = int("KEYGATE_DESCRIBE_RATE_LIMIT", 40, 1, 1000);
+  const lookupRatePerTenant = int("KEYGATE_LOOKUP_RATE_PER_TENANT", 10, 0, 1000);
   const rateMarginMs = int("KEYGATE_RATE_MARGIN_MS", 40, 0, 1000);
 
   const logLevel = (str("KEYGATE_LOG_LEVEL", "info") ?? "info").toLowerCase();
@@ -167,6 +170,7 @@ export function loadSettings(env: Env, mode: "serve" | "dev" = "serve"): Setting
     upstreamUrl,
     rateLimit,
     describeRateLimit,
+    lookupRatePerTenant,
     rateMarginMs,
     logLevel: logLevel as Settings["logLevel"],
     maxWaitMs,

@@ -126,10 +126,11 @@ export interface PolicyGate {
 
 /** Cached, batched, rate-limited DescribeInstances for policy decisions. */
 export interface InstanceLookup {
+  /** `opts.tenant`: whose lookup budget and fair share the describe spends. */
   get(
     region: string,
     instanceIds: string[],
-    opts: CallOptions,
+    opts: CallOptions & { tenant?: Tenant | undefined },
   ): Promise<ReadonlyMap<string, InstanceInfo | undefined>>;
 }
 
