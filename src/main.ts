@@ -207,17 +207,22 @@ export async function createApp(opts: AppOptions) {
   const localShare = redis && settings.onStoreDown === "local-share" ? redis : undefined;
   const onStoreMode = (what: string) => (mode: string) =>
     logger.warn({ mode }, `${what} mode changed (KEYGATE_ON_STORE_DOWN=local-share)`);
+  const leaseOptions = {
+    clock,
+    maxWaitersPerInstance: settings.maxInstanceWaiters,
+    recheckMs: settings.leaseRecheckMs,
+  };
   const leases = localShare
     ? createFallbackLeases({
-        primary: createRedisLeases({ client: localShare, clock }),
-        fallback: createMemoryLeases({ clock }),
+        primary: createRedisLeases({ client: localShare, ...leaseOptions }),
+        fallback: createMemoryLeases(leaseOptions),
         primaryReady: () => localShare.status === "ready",
         clock,
         onModeChange: onStoreMode("leases"),
       })
     : redis
-      ? createRedisLeases({ client: redis, clock })
-      : createMemoryLeases({ clock });
+      ? createRedisLeases({ client: redis, ...leaseOptions })
+      : createMemoryLeases(leaseOptions);
   const operations = localShare
     ? createFallbackOperations({
         primary: createRedisOperations({ client: localShare, clock }),

@@ -5,5 +5,8 @@ import { createRedisLeaseStore } from "./redis-lease-store.js";
 
 /** Leases shared by all replicas through Redis. The client stays owned by the caller. */
 export function createRedisLeases(options: Omit<LeasesOptions, "store"> & { client: RedisClient }): Leases {
-  return createLeases({ ...options, store: createRedisLeaseStore({ client: options.client }) });
+  return createLeases({
+    ...options,
+    store: createRedisLeaseStore({ client: options.client, clock: options.clock }),
+  });
 }
