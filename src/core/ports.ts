@@ -31,6 +31,11 @@ export interface BucketSpec {
   key: string;
   limit: number;
   windowMs: number;
+  /**
+   * Least ms between this bucket's slots while it is backlogged (overrides the limiter's
+   * `slotGapMs`). Spreads a window's grants so that sending one does not make the next late.
+   */
+  slotGapMs?: number;
 }
 
 export interface AcquireRequest extends CallOptions {
