@@ -131,7 +131,8 @@ export function createRedisReleaseFeed(client: RedisClient, clock: Clock): Relea
     const s = sub;
     sub = undefined;
     subscribed.clear();
-    if (s) await s.quit().catch(() => s.disconnect());
+    // No graceful QUIT: it would wait for a reconnect while Redis is down.
+    s?.disconnect();
   };
   return feed;
 }
