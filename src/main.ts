@@ -203,6 +203,7 @@ export async function createApp(opts: AppOptions) {
         metrics.upstreamCalls.inc({ action: DESCRIBE_ACTION, code });
         metrics.upstreamDuration.observe({ action: DESCRIBE_ACTION }, seconds);
       },
+      late: () => metrics.limiterWastedGrants.inc({ action: DESCRIBE_ACTION, reason: "late" }),
     },
   });
 
