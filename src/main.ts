@@ -151,8 +151,13 @@ export async function createApp(opts: AppOptions) {
   };
 
   // --- limiter -------------------------------------------------------------------------------
+  // Only the two cloud buckets are metered; a tenant's lookup budget is not a cloud action.
   const actionOf = (bucketKey: string) =>
-    bucketKey.endsWith(DESCRIBE_ACTION) ? DESCRIBE_ACTION : ASSOCIATE_ACTION;
+    bucketKey === describeBucket.key
+      ? DESCRIBE_ACTION
+      : bucketKey === associateBucket.key
+        ? ASSOCIATE_ACTION
+        : undefined;
   const limiterOptions = {
     clock,
     marginMs: settings.rateMarginMs,
@@ -160,15 +165,19 @@ export async function createApp(opts: AppOptions) {
     maxQueue: settings.maxQueue,
     hooks: {
       onGrant: (bucket: string, _tenant: string, waitedMs: number) => {
-        metrics.tokensGranted.inc({ action: actionOf(bucket) });
-        metrics.limiterWait.observe({ action: actionOf(bucket) }, waitedMs / 1000);
+        const action = actionOf(bucket);
+        if (action === undefined) return;
+        metrics.tokensGranted.inc({ action });
+        metrics.limiterWait.observe({ action }, waitedMs / 1000);
       },
       onReject: (reason: string, _bucket: string, tenant: string) => {
         if (reason === "deadline" || reason === "queue_full") metrics.limiterRejected.inc({ tenant });
       },
       onStoreError: () => metrics.redisErrors.inc(),
-      onWastedGrant: (bucket: string, reason: "late" | "no_waiter") =>
-        metrics.limiterWastedGrants.inc({ action: actionOf(bucket), reason }),
+      onWastedGrant: (bucket: string, reason: "late" | "no_waiter") => {
+        const action = actionOf(bucket);
+        if (action !== undefined) metrics.limiterWastedGrants.inc({ action, reason });
+      },
     },
   };
   const redisForLimiter = redis;
