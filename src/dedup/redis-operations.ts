@@ -7,5 +7,8 @@ import { createRedisOperationStore } from "./redis-operation-store.js";
 export function createRedisOperations(
   options: Omit<OperationsOptions, "store"> & { client: RedisClient },
 ): Operations {
-  return createOperations({ ...options, store: createRedisOperationStore({ client: options.client }) });
+  return createOperations({
+    ...options,
+    store: createRedisOperationStore({ client: options.client, clock: options.clock }),
+  });
 }

@@ -79,21 +79,30 @@ export function releaseChannel(scope: string): string {
   return `keygate:{${scope}}:lease-released`;
 }
 
-/**
- * A feed fed by Redis: one dedicated subscriber connection per replica (a connection in
- * subscribe mode can run nothing else), opened on the first wait. Works with Cluster too:
- * PUBLISH reaches every node's subscribers.
- */
-export function createRedisReleaseFeed(client: RedisClient, clock: Clock): ReleaseFeed {
-  let sub: RedisClient | undefined;
-  const scopes = new Map<string, string>(); // channel -> scope
-  const subscribed = new Set<string>(); // channels confirmed on the current connection
-  let closed = false;
+/** One subscriber connection per Redis client (so per replica), shared by every feed on it. */
+interface Hub {
+  want(channel: string, onMessage: (message: string) => void): void;
+  unwant(channel: string, onMessage: (message: string) => void): void;
+  live(channel: string): boolean;
+  /** Drops one user; the connection closes with the last. */
+  leave(): void;
+}
 
+const hubs = new WeakMap<RedisClient, Hub & { users: number }>();
+
+function hubOf(client: RedisClient): Hub {
+  const existing = hubs.get(client);
+  if (existing) {
+    existing.users += 1;
+    return existing;
+  }
+  let sub: RedisClient | undefined;
+  const handlers = new Map<string, Set<(message: string) => void>>();
+  const subscribed = new Set<string>(); // confirmed on the current connection
   const subscribeAll = () => {
     const s = sub;
     if (!s || s.status !== "ready") return;
-    for (const channel of scopes.keys()) {
+    for (const channel of handlers.keys()) {
       if (subscribed.has(channel)) continue;
       s.subscribe(channel).then(
         () => subscribed.add(channel),
@@ -101,38 +110,73 @@ export function createRedisReleaseFeed(client: RedisClient, clock: Clock): Relea
       );
     }
   };
-
   const open = (): RedisClient => {
     const s: RedisClient = client instanceof Cluster ? client.duplicate() : client.duplicate();
     s.on("error", () => undefined); // the main client reports Redis trouble; here it only means "not live"
     s.on("ready", subscribeAll);
     s.on("close", () => subscribed.clear());
     s.on("message", (channel: string, message: string) => {
-      const scope = scopes.get(channel);
-      if (scope !== undefined) feed.notify(scope, message.split(","));
+      for (const h of handlers.get(channel) ?? []) h(message);
     });
     return s;
   };
+  const hub = {
+    users: 1,
+    want(channel: string, onMessage: (message: string) => void) {
+      let set = handlers.get(channel);
+      if (!set) handlers.set(channel, (set = new Set()));
+      set.add(onMessage);
+      sub ??= open();
+      subscribeAll();
+    },
+    unwant(channel: string, onMessage: (message: string) => void) {
+      // The channel stays subscribed (cheap); only this feed stops hearing it.
+      handlers.get(channel)?.delete(onMessage);
+    },
+    live: (channel: string) => sub?.status === "ready" && subscribed.has(channel),
+    leave() {
+      if (--hub.users > 0) return;
+      hubs.delete(client);
+      // No graceful QUIT: it would wait for a reconnect while Redis is down.
+      sub?.disconnect();
+      sub = undefined;
+      subscribed.clear();
+    },
+  };
+  hubs.set(client, hub);
+  return hub;
+}
 
+/**
+ * A feed fed by Redis PUBLISH on `channelOf(scope)` (message: comma-separated ids), through the
+ * replica's one subscriber connection (a connection in subscribe mode can run nothing else),
+ * opened on the first wait. Works with Cluster too: PUBLISH reaches every node's subscribers.
+ */
+export function createRedisReleaseFeed(
+  client: RedisClient,
+  clock: Clock,
+  channelOf: (scope: string) => string = releaseChannel,
+): ReleaseFeed {
+  const hub = hubOf(client);
+  let closed = false;
+  const mine = new Map<string, (message: string) => void>();
   const feed = createReleaseFeed(
     clock,
     (scope) => {
       if (closed) return;
-      scopes.set(releaseChannel(scope), scope);
-      sub ??= open();
-      subscribeAll();
+      const onMessage = (message: string) => feed.notify(scope, message.split(","));
+      mine.set(channelOf(scope), onMessage);
+      hub.want(channelOf(scope), onMessage);
     },
-    (scope) => sub?.status === "ready" && subscribed.has(releaseChannel(scope)),
+    (scope) => hub.live(channelOf(scope)),
   );
   const closeFeed = feed.close.bind(feed);
   feed.close = async () => {
+    if (closed) return;
     closed = true;
     await closeFeed();
-    const s = sub;
-    sub = undefined;
-    subscribed.clear();
-    // No graceful QUIT: it would wait for a reconnect while Redis is down.
-    s?.disconnect();
+    for (const [channel, onMessage] of mine) hub.unwant(channel, onMessage);
+    hub.leave();
   };
   return feed;
 }
