@@ -68,7 +68,7 @@ export function leasesOn(backend: Backend, options: Omit<LeasesOptions, "store">
   const store =
     backend.kind === "memory"
       ? createMemoryLeaseStore({ clock: options.clock })
-      : createRedisLeaseStore({ client: backend.client });
+      : createRedisLeaseStore({ client: backend.client, clock: options.clock });
   return createLeases({ ...options, store });
 }
 
@@ -77,7 +77,7 @@ export function operationsOn(backend: Backend, options: Omit<OperationsOptions, 
   const store =
     backend.kind === "memory"
       ? createMemoryOperationStore({ clock: options.clock })
-      : createRedisOperationStore({ client: backend.client });
+      : createRedisOperationStore({ client: backend.client, clock: options.clock });
   return createOperations({ ...options, store });
 }
 
@@ -90,6 +90,8 @@ export interface StoreBackendsOptions {
   replicas: number;
   clock?: Clock;
   limiter: Omit<LimiterOnOptions, "clock">;
+  /** Lease waiting (waiter cap, re-check period); the store is chosen here. */
+  leases?: Omit<LeasesOptions, "store" | "clock">;
   /** A part switched between Redis and this replica's memory (local-share only). */
   onModeChange?: (part: "rate limiter" | "leases" | "coalescing/idempotency", mode: string) => void;
 }
@@ -102,18 +104,19 @@ export function createStoreBackends(options: StoreBackendsOptions): {
 } {
   const clock = options.clock ?? systemClock;
   const limiterOptions = { ...options.limiter, clock };
+  const leaseOptions = { ...options.leases, clock };
   const redis = options.redis;
   if (!redis) {
     return {
       limiter: limiterOn(memoryBackend, limiterOptions),
-      leases: leasesOn(memoryBackend, { clock }),
+      leases: leasesOn(memoryBackend, leaseOptions),
       operations: operationsOn(memoryBackend, { clock }),
     };
   }
   if (options.onStoreDown === "local-share") return localShare(redis);
   return {
     limiter: limiterOn(redisBackend(redis), limiterOptions),
-    leases: leasesOn(redisBackend(redis), { clock }),
+    leases: leasesOn(redisBackend(redis), leaseOptions),
     operations: operationsOn(redisBackend(redis), { clock }),
   };
 
@@ -133,8 +136,8 @@ export function createStoreBackends(options: StoreBackendsOptions): {
         onModeChange: report("rate limiter"),
       }),
       leases: createLocalShareLeases({
-        primary: leasesOn(shared, { clock }),
-        own: leasesOn(memoryBackend, { clock }),
+        primary: leasesOn(shared, leaseOptions),
+        own: leasesOn(memoryBackend, leaseOptions),
         primaryReady,
         clock,
         onModeChange: report("leases"),

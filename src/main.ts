@@ -117,8 +117,9 @@ export async function createApp(opts: AppOptions) {
       marginMs: settings.rateMarginMs,
       maxWaitMs: settings.maxWaitMs,
       maxQueue: settings.maxQueue,
-      hooks: limiterMetrics(metrics),
+      hooks: limiterMetrics(metrics, buckets),
     },
+    leases: { maxWaitersPerInstance: settings.maxInstanceWaiters, recheckMs: settings.leaseRecheckMs },
     onModeChange: (part, mode) =>
       logger.warn({ mode }, `${part} mode changed (KEYGATE_ON_STORE_DOWN=local-share)`),
   });
@@ -129,11 +130,15 @@ export async function createApp(opts: AppOptions) {
   const describe = createMeteredDescribe({
     upstream,
     limiter,
-    bucket: buckets.describe,
     clock,
-    onCall: (code, seconds) => {
-      metrics.upstreamCalls.inc({ action: DESCRIBE_ACTION, code });
-      metrics.upstreamDuration.observe({ action: DESCRIBE_ACTION }, seconds);
+    bucket: buckets.describe,
+    tenantBudget: settings.lookupRatePerTenant,
+    hooks: {
+      call: (code, seconds) => {
+        metrics.upstreamCalls.inc({ action: DESCRIBE_ACTION, code });
+        metrics.upstreamDuration.observe({ action: DESCRIBE_ACTION }, seconds);
+      },
+      late: () => metrics.limiterWastedGrants.inc({ action: DESCRIBE_ACTION, reason: "late" }),
     },
   });
 

@@ -2,7 +2,7 @@ import { describe, expect, it } from "vitest";
 import { FakeClock } from "./support/fake-clock.js";
 import { isKeygateError } from "../src/core/errors.js";
 import type { LeaseStore } from "../src/leases/lease-store.js";
-import { createLeases } from "../src/leases/leases.js";
+import { createLeases, type LeasesOptions } from "../src/leases/leases.js";
 import { createMemoryLeaseStore } from "../src/leases/memory-lease-store.js";
 
 /** Settles a promise into a value we can inspect without awaiting it to completion. */
@@ -20,7 +20,8 @@ const noSignal = () => new AbortController().signal;
 function setup(opts: { ttlMs?: number; renewEveryMs?: number; retryMaxMs?: number } = {}) {
   const clock = new FakeClock();
   const store = createMemoryLeaseStore({ clock });
-  const make = (o = opts) => createLeases({ clock, store, random: () => 1, ...o });
+  const make = (o: Omit<LeasesOptions, "store" | "clock"> = opts) =>
+    createLeases({ clock, store, random: () => 1, ...o });
   return { clock, store, make };
 }
 
@@ -154,5 +155,45 @@ describe("Leases timing (in-memory store, fake clock)", () => {
       owner: "c",
     });
     await after.release();
+  });
+
+  it("a waiter is woken by the release itself, not by a poll (the clock does not move)", async () => {
+    const { clock, make } = setup();
+    const leases = make({ recheckMs: 60_000 });
+    const t0 = clock.now();
+    const held = await leases.acquire("s", ["ins-00000001"], { signal: noSignal(), owner: "a" });
+    const waiter = watch(leases.acquire("s", ["ins-00000001"], { signal: noSignal(), owner: "b" }));
+    for (let i = 0; i < 20; i++) await Promise.resolve();
+    expect(waiter.done).toBe(false);
+    await held.release();
+    for (let i = 0; i < 20 && !waiter.done; i++) await new Promise((r) => setImmediate(r));
+    expect(waiter.done && waiter.error === undefined).toBe(true);
+    expect(clock.now()).toBe(t0);
+  });
+
+  it("refuses INSTANCE_BUSY at once beyond the per-instance waiter cap, and frees the slot when a waiter leaves", async () => {
+    const { clock, make } = setup();
+    const leases = make({ maxWaitersPerInstance: 2 });
+    const t0 = clock.now();
+    await leases.acquire("s", ["ins-00000001"], { signal: noSignal(), owner: "a" });
+    const gone = new AbortController();
+    const w1 = watch(leases.acquire("s", ["ins-00000001"], { signal: gone.signal, owner: "b" }));
+    watch(leases.acquire("s", ["ins-00000001"], { signal: noSignal(), owner: "c" }));
+    for (let i = 0; i < 20; i++) await Promise.resolve();
+    const err = await leases
+      .acquire("s", ["ins-00000001"], { signal: noSignal(), owner: "d" })
+      .catch((e: unknown) => e);
+    expect(isKeygateError(err) && err.reason).toBe("INSTANCE_BUSY");
+    expect(isKeygateError(err) && err.kind).toBe("aborted");
+    expect(clock.now()).toBe(t0);
+    gone.abort();
+    for (let i = 0; i < 20 && !w1.done; i++) await new Promise((r) => setImmediate(r));
+    expect(w1.done).toBe(true);
+    // Another instance is not affected, and the freed slot takes a new waiter.
+    const other = watch(leases.acquire("s", ["ins-00000002"], { signal: noSignal(), owner: "e" }));
+    const again = watch(leases.acquire("s", ["ins-00000001"], { signal: noSignal(), owner: "f" }));
+    for (let i = 0; i < 20; i++) await new Promise((r) => setImmediate(r));
+    expect(other.done && other.error === undefined).toBe(true);
+    expect(again.done).toBe(false);
   });
 });

@@ -16,6 +16,12 @@ export interface Settings {
   upstreamUrl: string | undefined;
   rateLimit: number;
   describeRateLimit: number;
+  /** DescribeInstances policy lookups per second per tenant, cluster-wide (0 = no budget). */
+  lookupRatePerTenant: number;
+  /** Callers of one replica that may wait for the same instance; more get INSTANCE_BUSY at once. */
+  maxInstanceWaiters: number;
+  /** Lease waiters are woken by release notices; this is their re-check in case one was lost. */
+  leaseRecheckMs: number;
   /** Extra width of the limiter's window over the cloud's 1000 ms, absorbing grant-to-arrival jitter. */
   rateMarginMs: number;
   logLevel: "fatal" | "error" | "warn" | "info" | "debug" | "trace" | "silent";
@@ -142,6 +148,9 @@ export function loadSettings(env: Env, mode: "serve" | "dev" = "serve"): Setting
 
   const rateLimit = int("KEYGATE_RATE_LIMIT", 10, 1, 1000);
   const describeRateLimit = int("KEYGATE_DESCRIBE_RATE_LIMIT", 40, 1, 1000);
+  const lookupRatePerTenant = int("KEYGATE_LOOKUP_RATE_PER_TENANT", 10, 0, 1000);
+  const maxInstanceWaiters = int("KEYGATE_MAX_INSTANCE_WAITERS", 16, 1, 10_000);
+  const leaseRecheckMs = int("KEYGATE_LEASE_RECHECK_MS", 2_000, 100, 60_000);
   const rateMarginMs = int("KEYGATE_RATE_MARGIN_MS", 40, 0, 1000);
 
   const logLevel = (str("KEYGATE_LOG_LEVEL", "info") ?? "info").toLowerCase();
@@ -196,6 +205,9 @@ export function loadSettings(env: Env, mode: "serve" | "dev" = "serve"): Setting
     upstreamUrl,
     rateLimit,
     describeRateLimit,
+    lookupRatePerTenant,
+    maxInstanceWaiters,
+    leaseRecheckMs,
     rateMarginMs,
     logLevel: logLevel as Settings["logLevel"],
     maxWaitMs,

@@ -144,7 +144,7 @@ export function createAssociateService(opts: AssociateServiceOptions) {
 
   async function authorize(tenant: Tenant, input: AssociateInput, call: AssociateCall, entry: AuditEntry) {
     const need = policy.needsLookup(tenant, input);
-    const found = need.length > 0 ? await lookup.get(input.region, need, call) : new Map();
+    const found = need.length > 0 ? await lookup.get(input.region, need, { ...call, tenant }) : new Map();
     const decision = policy.decide(tenant, input, found);
     if (!decision.allowed) {
       entry.rule = decision.rule;

@@ -61,7 +61,8 @@ export const reasonCatalogue: Record<KeygateReason, { kind: ErrorKind; summary: 
   },
   INSTANCE_BUSY: {
     kind: "aborted",
-    summary: "An instance stayed busy (leased by another keygate call) past the deadline.",
+    summary:
+      "An instance stayed busy (leased by another keygate call) past the deadline, or too many calls wait for it.",
   },
   DEADLINE_EXCEEDED: { kind: "deadline_exceeded", summary: "The caller's deadline passed." },
   CANCELLED: { kind: "cancelled", summary: "The caller went away." },

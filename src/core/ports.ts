@@ -31,6 +31,11 @@ export interface BucketSpec {
   key: string;
   limit: number;
   windowMs: number;
+  /**
+   * Least ms between this bucket's slots while it is backlogged (overrides the limiter's
+   * `slotGapMs`). Spreads a window's grants so that sending one does not make the next late.
+   */
+  slotGapMs?: number;
 }
 
 export interface AcquireRequest extends CallOptions {
@@ -154,10 +159,11 @@ export interface PolicyGate {
 
 /** Cached, batched, rate-limited DescribeInstances for policy decisions. */
 export interface InstanceLookup {
+  /** `opts.tenant`: whose lookup budget and fair share the describe spends. */
   get(
     region: string,
     instanceIds: string[],
-    opts: CallOptions,
+    opts: CallOptions & { tenant?: Tenant | undefined },
   ): Promise<ReadonlyMap<string, InstanceInfo | undefined>>;
 }
 

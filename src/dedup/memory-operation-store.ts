@@ -1,5 +1,6 @@
+import { createReleaseFeed } from "../leases/release-feed.js";
 import type { Clock } from "../core/clock.js";
-import type { IdempotencyState, OperationStore } from "./operation-store.js";
+import { OPS_SCOPE, type IdempotencyState, type OperationStore } from "./operation-store.js";
 
 interface Expiring<T> {
   value: T;
@@ -12,6 +13,7 @@ interface Expiring<T> {
  */
 export function createMemoryOperationStore(options: { clock: Clock }): OperationStore {
   const { clock } = options;
+  const releases = createReleaseFeed(clock);
   const idem = new Map<string, Expiring<{ fingerprint: string; outcome?: string }>>();
   const claims = new Map<string, Expiring<string>>();
   const results = new Map<string, Expiring<string>>();
@@ -38,6 +40,7 @@ export function createMemoryOperationStore(options: { clock: Clock }): Operation
   const resultId = (fp: string, token: string) => `${fp}\u0000${token}`;
 
   return {
+    releases,
     beginIdempotent(key, fingerprint, ttlMs): Promise<IdempotencyState> {
       const rec = get(idem, key);
       if (!rec) {
@@ -74,6 +77,7 @@ export function createMemoryOperationStore(options: { clock: Clock }): Operation
     finish(fingerprint, token, outcome, resultTtlMs) {
       set(results, resultId(fingerprint, token), outcome, resultTtlMs);
       if (get(claims, fingerprint) === token) claims.delete(fingerprint);
+      releases.notify(OPS_SCOPE, [fingerprint]);
       return Promise.resolve();
     },
     peek(fingerprint, holder) {

@@ -1,9 +1,18 @@
+import type { ReleaseFeed } from "../leases/release-feed.js";
+
+/** The one feed scope of finished executions. */
+export const OPS_SCOPE = "operations";
+/** The channel finish-operation-2.lua PUBLISHes finished fingerprints on. */
+export const OPS_CHANNEL = "keygate:op-finished";
+
 /**
  * The storage primitives behind `Operations`. Redis and the in-memory store implement exactly
  * these atomic steps; the run/join/take-over logic lives once in `operations.ts`.
  * Outcomes are opaque strings here (encoded by `outcome.ts`).
  */
 export interface OperationStore {
+  /** Notices of finished executions (scope `OPS_SCOPE`, id = fingerprint); without it, joiners poll. */
+  readonly releases?: ReleaseFeed;
   /**
    * Looks up an idempotency key, creating it (pending, bound to `fingerprint`) when absent.
    * "pending": an earlier call with this key has not finished (or gave up); "done": its outcome.

@@ -4,7 +4,7 @@ import { keygateError } from "../core/errors.js";
 import type { AssociateResult } from "../core/model.js";
 import { unrecordedExecution, type CallOptions, type OperationRun, type Operations } from "../core/ports.js";
 import { backoffMs, guarded, pause, throwIfAborted } from "../core/call-wait.js";
-import { idempotencyKey, type OperationStore } from "./operation-store.js";
+import { idempotencyKey, OPS_SCOPE, type OperationStore } from "./operation-store.js";
 import {
   decodeOutcome,
   encodeOutcome,
@@ -29,6 +29,8 @@ export interface OperationsOptions {
   resultTtlMs?: number;
   pollMinMs?: number;
   pollMaxMs?: number;
+  /** With finish notices (`OperationStore.releases`), how often joiners re-check anyway. Default 2000 ms. */
+  recheckMs?: number;
   random?: () => number;
 }
 
@@ -46,6 +48,8 @@ export function createOperations(options: OperationsOptions): Operations {
   const pollMinMs = options.pollMinMs ?? 10;
   const pollMaxMs = options.pollMaxMs ?? 100;
   const random = options.random ?? Math.random;
+  const recheckMs = options.recheckMs ?? 2_000;
+  const feed = store.releases;
   const sha256 = (s: string) => createHash("sha256").update(s).digest("hex");
   let closed = false;
 
@@ -131,13 +135,22 @@ export function createOperations(options: OperationsOptions): Operations {
   /** The joined call's encoded outcome, or null when its claim vanished without one. */
   async function waitFor(fingerprint: string, holder: string, opts: CallOptions): Promise<string | null> {
     for (let attempt = 0; ; attempt++) {
+      // Taken before reading, so a finish between the read and the sleep still wakes us.
+      const mark = feed?.mark(OPS_SCOPE) ?? 0;
       const seen = await guarded("coalescing", () => store.peek(fingerprint, holder));
       if (seen.outcome !== null) return seen.outcome;
       if (seen.claimHolder !== holder) return null;
       const left = (opts.deadline ?? Infinity) - clock.now();
       if (left <= 0)
         throw keygateError("DEADLINE_EXCEEDED", "the deadline passed while joining an identical call");
-      await pause(clock, Math.min(backoffMs(attempt, pollMinMs, pollMaxMs, random), left), opts.signal);
+      if (feed?.live(OPS_SCOPE)) {
+        // Woken by the finish notice; the re-check also catches a holder that crashed (claim expiry).
+        await feed
+          .wait(OPS_SCOPE, [fingerprint], mark, Math.min(recheckMs, left), opts.signal)
+          .catch(() => throwIfAborted(opts));
+      } else {
+        await pause(clock, Math.min(backoffMs(attempt, pollMinMs, pollMaxMs, random), left), opts.signal);
+      }
     }
   }
 
@@ -145,7 +158,7 @@ export function createOperations(options: OperationsOptions): Operations {
     run,
     close() {
       closed = true;
-      return Promise.resolve();
+      return feed ? feed.close() : Promise.resolve();
     },
   };
 }

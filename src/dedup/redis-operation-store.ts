@@ -1,12 +1,21 @@
 import type { RedisClient } from "../store/redis.js";
 import { defineScript } from "../store/scripts.js";
-import { claimKey, resultKey, type IdempotencyState, type OperationStore } from "./operation-store.js";
+import { systemClock, type Clock } from "../core/clock.js";
+import { createRedisReleaseFeed } from "../leases/release-feed.js";
+import {
+  claimKey,
+  OPS_CHANNEL,
+  resultKey,
+  type IdempotencyState,
+  type OperationStore,
+} from "./operation-store.js";
 
 type Command = (...args: (string | number)[]) => Promise<unknown>;
 
 /** Coalescing and idempotency in Redis; every step is one Lua script on one slot. */
-export function createRedisOperationStore(options: { client: RedisClient }): OperationStore {
+export function createRedisOperationStore(options: { client: RedisClient; clock?: Clock }): OperationStore {
   const { client } = options;
+  const releases = createRedisReleaseFeed(client, options.clock ?? systemClock, () => OPS_CHANNEL);
   const script = (name: string, file: string): Command => {
     defineScript(client, name, new URL(file, import.meta.url));
     const fn = (client as unknown as Record<string, Command>)[name];
@@ -21,6 +30,7 @@ export function createRedisOperationStore(options: { client: RedisClient }): Ope
   const finish = script("keygateFinishOperation", "./finish-operation-2.lua");
 
   return {
+    releases,
     async beginIdempotent(key, fingerprint, ttlMs): Promise<IdempotencyState> {
       const [state, outcome] = (await begin(key, fingerprint, ttlMs)) as [string, string | undefined];
       if (state === "done") return { state, outcome: outcome ?? "" };
@@ -42,7 +52,15 @@ export function createRedisOperationStore(options: { client: RedisClient }): Ope
       return (await renew(claimKey(fingerprint), token, ttlMs)) === 1;
     },
     async finish(fingerprint, token, outcome, resultTtlMs) {
-      await finish(claimKey(fingerprint), resultKey(fingerprint, token), token, outcome, resultTtlMs);
+      await finish(
+        claimKey(fingerprint),
+        resultKey(fingerprint, token),
+        token,
+        outcome,
+        resultTtlMs,
+        OPS_CHANNEL,
+        fingerprint,
+      );
     },
     async peek(fingerprint, holder) {
       // Both keys share the {fingerprint} hash tag, so MGET is one atomic read even on Cluster.

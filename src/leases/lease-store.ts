@@ -1,8 +1,12 @@
+import type { ReleaseFeed } from "./release-feed.js";
+
 /**
  * The storage primitives behind `Leases`. Redis and the in-memory store implement exactly these
  * atomic steps; waiting, renewal and errors live once in `leases.ts`, so both behave alike.
  */
 export interface LeaseStore {
+  /** Notices of released leases and withdrawn reservations; without it, waiters poll. */
+  readonly releases?: ReleaseFeed;
   /**
    * All or none: when no id of `instanceIds` is held (nor reserved by an older waiter), takes
    * every one with a fresh fence and value `leaseToken(fence, owner)`; otherwise takes nothing,

@@ -23,6 +23,16 @@ export interface LeasesOptions {
   retryMaxMs?: number;
   /** A waiter starts reserving its instances (fairness) after waiting this long. */
   fairAfterMs?: number;
+  /**
+   * Callers of this replica that may wait for one instance at a time; one more is refused at once
+   * with INSTANCE_BUSY. Bounds the store traffic and memory one busy instance can cause. Default 16.
+   */
+  maxWaitersPerInstance?: number;
+  /**
+   * With release notices (`LeaseStore.releases`), how often a waiter re-checks anyway in case a
+   * notice was lost. Default 2000 ms.
+   */
+  recheckMs?: number;
   random?: () => number;
 }
 
@@ -39,8 +49,14 @@ export function createLeases(options: LeasesOptions): Leases {
   const retryMaxMs = options.retryMaxMs ?? 250;
   const random = options.random ?? Math.random;
   const fairAfterMs = options.fairAfterMs ?? 200;
+  const maxWaiters = options.maxWaitersPerInstance ?? 16;
+  const recheckMs = options.recheckMs ?? 2_000;
+  const feed = store.releases;
   // Outlives the longest pause between two attempts, so a live waiter keeps its reservation.
-  const reserveMs = Math.max(4 * retryMaxMs, 1_000);
+  const reserveMs = Math.max(4 * retryMaxMs, feed ? 2 * recheckMs : 0, 1_000);
+  /** Callers of this replica waiting, per scope + instance. */
+  const waiting = new Map<string, number>();
+  const waitKey = (scope: string, id: string) => `${scope}\u0000${id}`;
   const live = new Set<{ stop(): void }>();
   let closed = false;
 
@@ -52,34 +68,58 @@ export function createLeases(options: LeasesOptions): Leases {
     const giveUpAt = Math.min(opts.deadline ?? Infinity, since + maxWaitMs);
     const waiterId = randomUUID();
     let reserved: Waiter | undefined;
+    let counted = false;
     try {
       for (let attempt = 0; ; attempt++) {
         throwIfAborted(opts);
         const waiter = { since, id: waiterId, reserve: clock.now() - since >= fairAfterMs, reserveMs };
         if (waiter.reserve) reserved = waiter;
+        const mark = feed?.mark(scope) ?? 0;
         const r = await guarded("acquire leases", () =>
           store.tryAcquire(scope, ids, opts.owner, ttlMs, waiter),
         );
         if (r.ok) return hold(scope, ids, leaseToken(r.fence, opts.owner), r.fence);
         const left = giveUpAt - clock.now();
-        if (left <= 0) {
-          throw keygateError(
+        const busy = (why: string) =>
+          keygateError(
             "INSTANCE_BUSY",
-            `instance ${r.busyInstanceId} is in use by another keygate call`,
+            `instance ${r.busyInstanceId} is in use by another keygate call${why}`,
             {
               retryAfterMs: r.heldForMs > 0 ? r.heldForMs : undefined,
             },
           );
+        if (left <= 0) throw busy("");
+        if (!counted) {
+          // Bounded waiting: beyond the cap, more waiters only add store traffic and memory.
+          if (ids.some((id) => (waiting.get(waitKey(scope, id)) ?? 0) >= maxWaiters)) {
+            throw busy(` and ${maxWaiters} calls already wait for it on this replica`);
+          }
+          for (const id of ids) waiting.set(waitKey(scope, id), (waiting.get(waitKey(scope, id)) ?? 0) + 1);
+          counted = true;
         }
-        // Never sleep past the holder's expiry or our own deadline.
+        // Never sleep past the holder's expiry or our own deadline; a release notice ends it early.
         const heldFor = r.heldForMs > 0 ? r.heldForMs : Infinity;
-        const delay = Math.min(backoffMs(attempt, retryMinMs, retryMaxMs, random), heldFor, left);
-        await pause(clock, delay, opts.signal);
+        if (feed?.live(scope)) {
+          await feed
+            .wait(scope, ids, mark, Math.min(recheckMs, heldFor, left), opts.signal)
+            .catch(() => throwIfAborted(opts));
+        } else {
+          const delay = Math.min(backoffMs(attempt, retryMinMs, retryMaxMs, random), heldFor, left);
+          await pause(clock, delay, opts.signal);
+        }
       }
     } catch (e) {
       // Giving up: free our reservations now rather than when they expire (best effort).
       if (reserved) await store.withdraw(scope, ids, reserved).catch(() => undefined);
       throw e;
+    } finally {
+      if (counted) {
+        for (const id of ids) {
+          const n = (waiting.get(waitKey(scope, id)) ?? 1) - 1;
+          if (n > 0) waiting.set(waitKey(scope, id), n);
+          else waiting.delete(waitKey(scope, id));
+        }
+      }
     }
   }
 
@@ -140,7 +180,7 @@ export function createLeases(options: LeasesOptions): Leases {
       closed = true;
       for (const entry of live) entry.stop();
       live.clear();
-      return Promise.resolve();
+      return feed ? feed.close() : Promise.resolve();
     },
   };
 }

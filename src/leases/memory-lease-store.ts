@@ -1,4 +1,5 @@
 import type { Clock } from "../core/clock.js";
+import { createReleaseFeed } from "./release-feed.js";
 import { leaseToken, olderTicket, ticketOf, type LeaseStore, type TryAcquireResult } from "./lease-store.js";
 
 interface Held {
@@ -17,6 +18,7 @@ export function createMemoryLeaseStore(options: { clock: Clock }): LeaseStore {
   const reserved = new Map<string, Held>();
   const fences = new Map<string, number>();
   const k = (scope: string, id: string) => `${scope}\u0000${id}`;
+  const releases = createReleaseFeed(clock);
 
   const liveIn = (m: Map<string, Held>, key: string): Held | undefined => {
     const h = m.get(key);
@@ -42,6 +44,7 @@ export function createMemoryLeaseStore(options: { clock: Clock }): LeaseStore {
   };
 
   return {
+    releases,
     tryAcquire(scope, instanceIds, owner, ttlMs, waiter): Promise<TryAcquireResult> {
       const me = ticketOf(waiter);
       const blocked = blockedBy(scope, instanceIds, me);
@@ -68,8 +71,9 @@ export function createMemoryLeaseStore(options: { clock: Clock }): LeaseStore {
     },
     withdraw(scope, instanceIds, waiter) {
       const me = ticketOf(waiter);
-      for (const id of instanceIds)
-        if (liveIn(reserved, k(scope, id))?.token === me) reserved.delete(k(scope, id));
+      const freed = instanceIds.filter((id) => liveIn(reserved, k(scope, id))?.token === me);
+      for (const id of freed) reserved.delete(k(scope, id));
+      if (freed.length > 0) releases.notify(scope, freed);
       return Promise.resolve();
     },
     renew(scope, instanceIds, token, ttlMs) {
@@ -79,7 +83,9 @@ export function createMemoryLeaseStore(options: { clock: Clock }): LeaseStore {
       return Promise.resolve(mine);
     },
     release(scope, instanceIds, token) {
-      for (const id of instanceIds) if (live(k(scope, id))?.token === token) held.delete(k(scope, id));
+      const freed = instanceIds.filter((id) => live(k(scope, id))?.token === token);
+      for (const id of freed) held.delete(k(scope, id));
+      if (freed.length > 0) releases.notify(scope, freed);
       return Promise.resolve();
     },
   };

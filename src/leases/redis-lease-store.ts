@@ -1,10 +1,14 @@
+import { systemClock } from "../core/clock.js";
 import type { RedisClient } from "../store/redis.js";
+import type { Clock } from "../core/clock.js";
 import { fenceKey, leaseKey, reservationKey, ticketOf, type LeaseStore } from "./lease-store.js";
 import { defineVariadicScript } from "../store/scripts.js";
+import { createRedisReleaseFeed, releaseChannel } from "./release-feed.js";
 
 /** Leases in Redis, shared by every replica; each step is one Lua script (atomic, one slot). */
-export function createRedisLeaseStore(options: { client: RedisClient }): LeaseStore {
+export function createRedisLeaseStore(options: { client: RedisClient; clock?: Clock }): LeaseStore {
   const { client } = options;
+  const releases = createRedisReleaseFeed(client, options.clock ?? systemClock);
   const acquire = defineVariadicScript(
     client,
     "keygateAcquireLeases",
@@ -28,6 +32,7 @@ export function createRedisLeaseStore(options: { client: RedisClient }): LeaseSt
   const keys = (scope: string, ids: string[]) => ids.map((id) => leaseKey(scope, id));
 
   return {
+    releases,
     async tryAcquire(scope, instanceIds, owner, ttlMs, w) {
       const reply = (await acquire(
         [fenceKey(scope), ...keys(scope, instanceIds), ...instanceIds.map((id) => reservationKey(scope, id))],
@@ -41,7 +46,7 @@ export function createRedisLeaseStore(options: { client: RedisClient }): LeaseSt
       if (instanceIds.length === 0) return;
       await withdraw(
         instanceIds.map((id) => reservationKey(scope, id)),
-        [ticketOf(w)],
+        [ticketOf(w), releaseChannel(scope)],
       );
     },
     async renew(scope, instanceIds, token, ttlMs) {
@@ -50,7 +55,7 @@ export function createRedisLeaseStore(options: { client: RedisClient }): LeaseSt
     },
     async release(scope, instanceIds, token) {
       if (instanceIds.length === 0) return;
-      await release(keys(scope, instanceIds), [token]);
+      await release(keys(scope, instanceIds), [token, releaseChannel(scope)]);
     },
   };
 }

@@ -250,7 +250,11 @@ export function createLimiter(options: LimiterOptions): Limiter {
         const asked = clock.now();
         let d;
         try {
-          d = await store.tryAcquire(b.spec, span, booking);
+          d = await store.tryAcquire(
+            b.spec,
+            span,
+            b.spec.slotGapMs === undefined ? booking : { ...booking, gapMs: Math.max(0, b.spec.slotGapMs) },
+          );
         } catch (err) {
           safe(() => hooks.onStoreError?.(b.spec.key, err));
           // Fail closed: nothing more goes out from this replica once the store is known to be down.

@@ -1,5 +1,6 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom-client";
 import { actionOfBucket } from "../core/actions.js";
+import type { BucketSpec } from "../core/ports.js";
 import type { LimiterHooks } from "../limiter/limiter.js";
 
 /**
@@ -115,18 +116,29 @@ export function createMetrics(opts: { defaultMetrics?: boolean } = {}) {
 
 export type Metrics = ReturnType<typeof createMetrics>;
 
-/** The limiter's observer callbacks, counted into the metrics (the limiter knows nothing of prom-client). */
-export function limiterMetrics(metrics: Metrics): LimiterHooks {
+/**
+ * The limiter's observer callbacks, counted into the metrics (the limiter knows nothing of
+ * prom-client). Only the two cloud buckets are metered.
+ */
+export function limiterMetrics(
+  metrics: Metrics,
+  buckets: Record<"associate" | "describe", BucketSpec>,
+): LimiterHooks {
+  const actionOf = (bucket: string) => actionOfBucket(buckets, bucket);
   return {
     onGrant: (bucket, _tenant, waitedMs) => {
-      metrics.tokensGranted.inc({ action: actionOfBucket(bucket) });
-      metrics.limiterWait.observe({ action: actionOfBucket(bucket) }, waitedMs / 1000);
+      const action = actionOf(bucket);
+      if (action === undefined) return;
+      metrics.tokensGranted.inc({ action });
+      metrics.limiterWait.observe({ action }, waitedMs / 1000);
     },
     onReject: (reason, _bucket, tenant) => {
       if (reason === "deadline" || reason === "queue_full") metrics.limiterRejected.inc({ tenant });
     },
     onStoreError: () => metrics.redisErrors.inc(),
-    onWastedGrant: (bucket, reason) =>
-      metrics.limiterWastedGrants.inc({ action: actionOfBucket(bucket), reason }),
+    onWastedGrant: (bucket, reason) => {
+      const action = actionOf(bucket);
+      if (action !== undefined) metrics.limiterWastedGrants.inc({ action, reason });
+    },
   };
 }

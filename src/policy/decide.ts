@@ -79,7 +79,11 @@ export function instanceMatches(
 }
 
 /** Allows the request only when every rule passes; `lookup` needs the ids `needsLookup` returned. */
-export function evaluate(tenant: TenantPolicy, request: AssociateInput, lookup: FoundInstances): PolicyDecision {
+export function evaluate(
+  tenant: TenantPolicy,
+  request: AssociateInput,
+  lookup: FoundInstances,
+): PolicyDecision {
   const early = decideWithoutInstances(tenant, request);
   if (early) return early;
   const selectors = tenant.instances;

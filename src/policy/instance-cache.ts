@@ -10,13 +10,16 @@
  */
 import type { Clock } from "../core/clock.js";
 import type { InstanceInfo } from "../core/model.js";
-import type { CallOptions } from "../core/ports.js";
+import type { CallOptions, Tenant } from "../core/ports.js";
+
+/** A lookup's options: the caller's deadline and signal, and the tenant whose budget it spends. */
+export type LookupOptions = CallOptions & { tenant?: Tenant | undefined };
 
 /** The upstream call; given at most 100 ids, answers the ones that exist. */
 export type DescribeInstancesFn = (
   region: string,
   ids: string[],
-  opts: CallOptions,
+  opts: LookupOptions,
 ) => Promise<InstanceInfo[]>;
 
 export interface InstanceCacheOptions {
@@ -35,7 +38,7 @@ export interface InstanceCache {
   get(
     region: string,
     ids: readonly string[],
-    opts: CallOptions,
+    opts: LookupOptions,
   ): Promise<Map<string, InstanceInfo | undefined>>;
   /** Forgets ids, e.g. after their tags were seen to change. */
   invalidate(region: string, ids: readonly string[]): void;
@@ -91,9 +94,14 @@ export function createInstanceCache(options: InstanceCacheOptions): InstanceCach
     }
   }
 
-  function startFlight(region: string, ids: string[], opts: CallOptions): Flight {
+  function startFlight(region: string, ids: string[], opts: LookupOptions): Flight {
     const controller = new AbortController();
-    const result = describe(region, ids, { signal: controller.signal, deadline: opts.deadline })
+    // Charged to the tenant that started it; joiners of an identical lookup cost nothing more.
+    const result = describe(region, ids, {
+      signal: controller.signal,
+      deadline: opts.deadline,
+      tenant: opts.tenant,
+    })
       .then((found) => {
         const now = clock.now();
         const byId = new Map(found.map((info) => [info.instanceId, info]));
@@ -134,7 +142,7 @@ export function createInstanceCache(options: InstanceCacheOptions): InstanceCach
   async function get(
     region: string,
     ids: readonly string[],
-    opts: CallOptions,
+    opts: LookupOptions,
   ): Promise<Map<string, InstanceInfo | undefined>> {
     const now = clock.now();
     const answer = new Map<string, InstanceInfo | undefined>();
