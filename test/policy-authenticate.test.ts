@@ -13,13 +13,13 @@ function policy(): Policy {
 tenants:
   team-a:
     tokens_sha256: ["${tokenSha256Hex(TOKEN_A)}", "${tokenSha256Hex(TOKEN_A2)}"]
-    identities: { uris: ["spiffe://cluster.local/ns/a/sa/deployer"], dns: [svc.team-a.internal] }
+    identities: { spiffe: ["spiffe://cluster.local/ns/a/sa/deployer"], dns: [svc.team-a.internal] }
     regions: [ap-guangzhou]
     instances: "*"
     keys: "*"
   team-b:
     tokens_sha256: ["${tokenSha256Hex(TOKEN_B)}"]
-    identities: { dnsNames: [svc.team-b.internal] }
+    identities: { dns: [svc.team-b.internal] }
     regions: [ap-guangzhou]
     instances: "*"
     keys: "*"
