@@ -148,7 +148,7 @@ export function loadSettings(env: Env, mode: "serve" | "dev" = "serve"): Setting
 
   const rateLimit = int("KEYGATE_RATE_LIMIT", 10, 1, 1000);
   const describeRateLimit = int("KEYGATE_DESCRIBE_RATE_LIMIT", 40, 1, 1000);
-  const lookupRatePerTenant = int("KEYGATE_LOOKUP_RATE_PER_TENANT", 10, 0, 1000);
+  const lookupRatePerTenant = int("KEYGATE_LOOKUP_RATE_PER_TENANT", 20, 0, 1000);
   const maxInstanceWaiters = int("KEYGATE_MAX_INSTANCE_WAITERS", 16, 1, 10_000);
   const leaseRecheckMs = int("KEYGATE_LEASE_RECHECK_MS", 2_000, 100, 60_000);
   const rateMarginMs = int("KEYGATE_RATE_MARGIN_MS", 40, 0, 1000);

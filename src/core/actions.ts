@@ -18,7 +18,9 @@ export function bucketsOf(
     associate: { key: `${scope}:${ASSOCIATE_ACTION}`, limit: limits.associate, windowMs: 1000 },
     describe: {
       key: `${scope}:${DESCRIBE_ACTION}`,
-      limit: limits.describe,
+      // DescribeInstances is not the scarce quota: a tenth is left unused as headroom against the
+      // scheduling delay between a grant and the request's arrival at the cloud.
+      limit: Math.max(1, Math.floor(limits.describe * 0.9)),
       windowMs: 1000,
       // 40 grants due in the same ms cannot all be sent within the send-by bound by one event
       // loop; spread over half the window they can (no cost in rate: rounds keep their spread).
