@@ -81,7 +81,7 @@ export async function createApp(opts: AppOptions) {
     watchRedisHealth({
       ...watched,
       setReady: (up) => health.set("redis", up),
-      setLocalShare: (active) => metrics.storeDegraded.set(active ? 1 : 0),
+      setLocalShare: (active) => metrics.storeLocalShare.set(active ? 1 : 0),
       onError: (err) => {
         metrics.redisErrors.inc();
         logger.warn({ err: err.message }, "redis error");

@@ -74,7 +74,7 @@ export function createLocalShareLimiter(options: LocalShareLimiterOptions): Loca
     limit: Math.max(1, Math.floor(bucket.limit / replicas)),
   });
 
-  const enterDegraded = () => {
+  const enterLocalShare = () => {
     if (mode === "local-share") return;
     localLimiter ??= createLocal();
     localSince = clock.now();
@@ -131,7 +131,7 @@ export function createLocalShareLimiter(options: LocalShareLimiterOptions): Loca
       return await viaPrimary(req);
     } catch (err) {
       if (!isStoreDown(err)) throw err;
-      enterDegraded();
+      enterLocalShare();
       return local(req);
     }
   };
@@ -146,7 +146,7 @@ export function createLocalShareLimiter(options: LocalShareLimiterOptions): Loca
           return;
         } catch (err) {
           if (!isStoreDown(err)) throw err;
-          enterDegraded();
+          enterLocalShare();
         }
       }
       localLimiter ??= createLocal();

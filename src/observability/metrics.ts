@@ -101,7 +101,8 @@ export function createMetrics(opts: { defaultMetrics?: boolean } = {}) {
       help: "Redis operations that failed (the affected requests got STORE_UNAVAILABLE)",
       registers: r,
     }),
-    storeDegraded: new Gauge({
+    /** Named before the mode was called local-share; kept, since dashboards and alerts use it. */
+    storeLocalShare: new Gauge({
       name: "keygate_store_degraded",
       help: "1 while Redis is unreachable and this replica runs on its own (KEYGATE_ON_STORE_DOWN=local-share)",
       registers: r,
