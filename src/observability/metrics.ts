@@ -100,6 +100,11 @@ export function createMetrics(opts: { defaultMetrics?: boolean } = {}) {
       help: "Redis operations that failed (the affected requests got STORE_UNAVAILABLE)",
       registers: r,
     }),
+    storeSuspect: new Gauge({
+      name: "keygate_store_suspect",
+      help: "1 while the shared store may have lost its data and is not yet verified or rebuilt (keygate checks with the cloud before sending)",
+      registers: r,
+    }),
     storeDegraded: new Gauge({
       name: "keygate_store_degraded",
       help: "1 while Redis is unreachable and this replica runs on its own (KEYGATE_ON_STORE_DOWN=local-share)",
