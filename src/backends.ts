@@ -43,11 +43,13 @@ export interface LimiterOnOptions extends Omit<LimiterOptions, "store"> {
   coldHoldOff?: boolean;
   /** Redis key prefix; default "keygate". Tests give each run its own. */
   keyPrefix?: string;
+  /** Redis only: skip the cold hold-off when the store was provably down for over a span (src/store/epoch.ts). */
+  coldHoldOffWaived?: () => Promise<boolean>;
 }
 
 /** The limiter on one backend: the same scheduler over an in-memory or a Redis window. */
 export function limiterOn(backend: Backend, options: LimiterOnOptions = {}): Limiter {
-  const { coldHoldOff, keyPrefix, ...rest } = options;
+  const { coldHoldOff, keyPrefix, coldHoldOffWaived, ...rest } = options;
   const hold = coldHoldOff !== undefined ? { coldHoldOff } : {};
   if (backend.kind === "memory") {
     const clock = rest.clock ?? systemClock;
@@ -59,7 +61,12 @@ export function limiterOn(backend: Backend, options: LimiterOnOptions = {}): Lim
     ...rest,
     // Several processes book slots in one window: keep them a little apart (docs/decisions/limiter.md).
     slotGapMs: rest.slotGapMs ?? DEFAULT_SLOT_GAP_MS,
-    store: createRedisWindowStore({ client: backend.client, ...prefix, ...hold }),
+    store: createRedisWindowStore({
+      client: backend.client,
+      ...prefix,
+      ...hold,
+      ...(coldHoldOffWaived ? { coldHoldOffWaived } : {}),
+    }),
   });
 }
 

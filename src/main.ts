@@ -22,7 +22,11 @@ import { createPolicyGate } from "./policy/gate.js";
 import { createInstanceCache } from "./policy/instance-cache.js";
 import { createPolicySource, createStaticPolicySource } from "./policy/source.js";
 import { createRedis } from "./store/redis.js";
-import { waitForRedis, watchRedisHealth } from "./store/redis-health.js";
+import { createStoreEpoch, type StoreEpoch } from "./store/epoch.js";
+import { startStoreWatchdog, waitForRedis, watchRedisHealth } from "./store/redis-health.js";
+import { DEFAULT_BOOK_AHEAD_MS } from "./limiter/limiter.js";
+import { spanOf } from "./limiter/window.js";
+import { neverSuspect } from "./core/ports.js";
 import { createMeteredDescribe } from "./upstream/metered-describe.js";
 import {
   createCredentialProvider,
@@ -75,8 +79,41 @@ export async function createApp(opts: AppOptions) {
 
   // --- store ---------------------------------------------------------------------------------
   const redisUrl = settings.redisUrl;
-  const redis = redisUrl ? createRedis(redisUrl, { connectionName: `keygate:${owner}` }) : undefined;
+  const redis = redisUrl
+    ? createRedis(redisUrl, { connectionName: `keygate:${owner}`, timeoutMs: settings.storeTimeoutMs })
+    : undefined;
+  let epoch: StoreEpoch | undefined;
   if (redis && redisUrl) {
+    metrics.storeSuspect.set(1);
+    epoch = createStoreEpoch({
+      client: redis,
+      clock,
+      rebuildMs: settings.taskMaxWaitMs,
+      // Slots booked before a loss lie at most H past it; one span + H after it none is in the window.
+      quietOutageMs: spanOf(1_000, settings.rateMarginMs) + DEFAULT_BOOK_AHEAD_MS + 100,
+      onSuspectChange: (s) => metrics.storeSuspect.set(s ? 1 : 0),
+      onDataLoss: ({ createdHere, previous }) =>
+        logger.error(
+          {
+            epochCreatedHere: createdHere,
+            hadEpoch: previous !== undefined,
+            rebuildMs: settings.taskMaxWaitMs,
+          },
+          "redis lost its data (epoch missing or changed): checking instances with the cloud before sending until the rebuild window ends",
+        ),
+    });
+    const stopWatchdog = startStoreWatchdog({
+      client: redis,
+      clock,
+      intervalMs: 250,
+      timeoutMs: Math.max(50, Math.floor(settings.storeTimeoutMs / 2)),
+      probe: epoch.check,
+      onHang: () => {
+        metrics.redisErrors.inc();
+        logger.warn({ timeoutMs: settings.storeTimeoutMs }, "redis does not answer: dropping the connection");
+      },
+    });
+    closers.push(() => Promise.resolve(stopWatchdog()));
     const watched = { client: redis, url: redisUrl, onStoreDown: settings.onStoreDown, clock, logger };
     watchRedisHealth({
       ...watched,
@@ -118,6 +155,7 @@ export async function createApp(opts: AppOptions) {
       maxWaitMs: settings.maxWaitMs,
       maxQueue: settings.maxQueue,
       hooks: limiterMetrics(metrics, buckets),
+      ...(epoch ? { coldHoldOffWaived: epoch.coldHoldOffWaived } : {}),
     },
     leases: { maxWaitersPerInstance: settings.maxInstanceWaiters, recheckMs: settings.leaseRecheckMs },
     onModeChange: (part, mode) =>
@@ -162,6 +200,7 @@ export async function createApp(opts: AppOptions) {
     scope,
     owner,
     taskMaxWaitMs: settings.taskMaxWaitMs,
+    integrity: epoch ?? neverSuspect,
     hooks: {
       audit,
       upstreamCall: (action, code, seconds) => {
@@ -224,8 +263,10 @@ export async function createApp(opts: AppOptions) {
       return { api: apiAddress, metrics: metricsAddress };
     },
     /**
-     * Graceful drain: NOT_SERVING at once, no new connections, in-flight calls may finish;
-     * callers still queued for a token get a clean UNAVAILABLE before `drainMs` runs out.
+     * Graceful drain, ending with the work rather than the timer: NOT_SERVING and no new
+     * connections at once; in-flight calls may finish; callers still queued for an associate token
+     * get SHUTTING_DOWN, while DescribeInstances keeps working so that task watchers see their
+     * tasks end and release each lease at once; then everything closes and the process exits.
      */
     stop(drainMs = settings.drainMs): Promise<void> {
       stopping ??= (async () => {
@@ -237,9 +278,10 @@ export async function createApp(opts: AppOptions) {
         // Keep 20% of the budget to answer the queued callers before the grace period ends.
         const softUntil = clock.now() + drainMs * 0.8;
         while (inflight > 0 && clock.now() < softUntil) await clock.sleep(25);
-        await limiter.close();
+        limiter.closeBucket(buckets.associate.key);
         while (inflight > 0 && clock.now() < until) await clock.sleep(25);
         await service.drain(Math.max(0, until - clock.now()));
+        await limiter.close();
         // Health Watch streams end after reporting NOT_SERVING; give their last bytes a moment to
         // leave before cutting the connections that are still open.
         health.close();

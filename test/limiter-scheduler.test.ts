@@ -233,4 +233,30 @@ describe("limiter scheduler (fake clock, memory store)", () => {
       reason: "SHUTTING_DOWN",
     });
   });
+
+  it("closeBucket answers that bucket's waiters SHUTTING_DOWN and refuses it from then on, while other buckets keep granting", async () => {
+    const { clock, limiter } = setup();
+    const describeBucket: BucketSpec = { ...bucket, key: "cred-a/cvm.tencentcloudapi.com/DescribeInstances" };
+    const queued = Array.from({ length: 15 }, () =>
+      watch(clock, limiter.acquire({ bucket, tenant: "t", weight: 1, signal: never })),
+    );
+    await tick();
+    expect(queued.filter((b) => b.outcome?.ok).length).toBe(10);
+    limiter.closeBucket(bucket.key);
+    await tick();
+    const refused = queued.filter((b) => b.outcome && !b.outcome.ok);
+    expect(refused).toHaveLength(5);
+    for (const r of refused) expect(r.outcome?.ok === false && r.outcome.error.reason).toBe("SHUTTING_DOWN");
+    await expect(limiter.acquire({ bucket, tenant: "t", weight: 1, signal: never })).rejects.toMatchObject({
+      reason: "SHUTTING_DOWN",
+    });
+    // The other bucket still works, and keeps its spacing.
+    const other = Array.from({ length: 12 }, () =>
+      watch(clock, limiter.acquire({ bucket: describeBucket, tenant: "t", weight: 1, signal: never })),
+    );
+    await tick();
+    await clock.advance(3000);
+    expect(other.every((b) => b.outcome?.ok)).toBe(true);
+    await limiter.close();
+  });
 });

@@ -17,7 +17,7 @@ import { startEmulator } from "./support/app.js";
 import { sha256 } from "./support/policies.js";
 import { killStrays, serveEnv, spawnKeygate, waitListening } from "./support/process.js";
 import { pollUntil } from "./support/wait.js";
-import { freePort } from "./support/redis-server.js";
+import { freePort, startRedis } from "./support/redis-server.js";
 
 const TOKEN = "ops-drain-token-0123456789";
 /** Ids only, no tags: no DescribeInstances lookups before the call, so only the call itself is slow. */
@@ -205,5 +205,70 @@ describe("SIGTERM drains keygate serve", () => {
     // And each refusal is an audit line.
     const audits = child.logs().filter((l) => l.audit === true);
     expect(audits.filter((l) => l.reason === "SHUTTING_DOWN")).toHaveLength(refused.length);
+  });
+});
+
+describe("SIGTERM ends with the work, not the timer", () => {
+  it("a draining replica releases its instance when the task ends, another replica's caller gets through, and it exits early", async () => {
+    const taskMs = 1_500;
+    const drainMs = 20_000;
+    const redis = await startRedis();
+    const slow = await startEmulator(taskMs);
+    try {
+      const env = (extra: Record<string, string>) =>
+        serveEnv(policyFile, slow.url, {
+          KEYGATE_REDIS_URL: redis.url,
+          KEYGATE_DRAIN_MS: String(drainMs),
+          ...extra,
+        });
+      const start = async () => {
+        const [port, metricsPort] = [await freePort(), await freePort()];
+        const child = spawnKeygate(
+          ["serve"],
+          env({ KEYGATE_PORT: String(port), KEYGATE_METRICS_PORT: String(metricsPort) }),
+        );
+        await waitListening(child);
+        return {
+          child,
+          client: createClient(KeyPairService, createGrpcTransport({ baseUrl: `http://127.0.0.1:${port}` })),
+        };
+      };
+      const [victim, other] = await Promise.all([start(), start()]);
+      const req = { region: "ap-guangzhou", instanceIds: ["ins-gz000001"], keyIds: ["skey-aaaaaaaa"] };
+
+      // The answer comes at once; the victim keeps the instance leased until the cloud task ends.
+      const first = await victim.client.associateKeyPairs(req, { headers: auth, timeoutMs: 30_000 });
+      const firstArrival = slow.stats.arrivals.find((a) => a.requestId === first.requestId);
+      expect(firstArrival).toBeDefined();
+      const taskEnd = (firstArrival?.at ?? 0) + taskMs;
+
+      const signalledAt = Date.now();
+      victim.child.signal("SIGTERM");
+      // Same instance via the other replica: it must wait for the lease, then go through.
+      const second = await other.client.associateKeyPairs(
+        { ...req, keyIds: ["skey-bbbbbbbb"] },
+        { headers: auth, timeoutMs: 30_000 },
+      );
+      const answeredAt = Date.now();
+      const exit = await victim.child.exited;
+      const exitedAt = Date.now();
+      const secondArrival = slow.stats.arrivals.find((a) => a.requestId === second.requestId);
+      console.log(
+        `ops-drain: task ended ${taskEnd - signalledAt} ms after SIGTERM; other caller answered ${answeredAt - taskEnd} ms ` +
+          `after the task end; victim exited ${exitedAt - signalledAt} ms after SIGTERM (KEYGATE_DRAIN_MS ${drainMs})`,
+      );
+      expect(exit).toEqual({ code: 0, signal: null });
+      // Never on a busy instance (G3): sent only once the first task had ended.
+      expect(secondArrival?.at ?? 0).toBeGreaterThanOrEqual(taskEnd);
+      expect(slow.stats.perInstance()["ins-gz000001"]?.mutexAnswers ?? 0).toBe(0);
+      // Released at the task end plus a poll, not at the drain timer (before: 19.9 s).
+      expect(answeredAt - taskEnd).toBeLessThan(4_000);
+      expect(exitedAt - signalledAt).toBeLessThan(drainMs / 2);
+      other.child.signal("SIGTERM");
+      await other.child.exited;
+    } finally {
+      await slow.close();
+      await redis.stop();
+    }
   });
 });

@@ -35,6 +35,8 @@ export interface Settings {
   taskPollMs: number;
   drainMs: number;
   onStoreDown: "fail-closed" | "local-share";
+  /** One Redis command's time limit; a connection silent for half of it is dropped (docs/decisions.md). */
+  storeTimeoutMs: number;
   replicas: number;
   tls: { cert: string; key: string; clientCa: string | undefined } | undefined;
   /** Test only: SIGKILL this process when a request reaches this point. */
@@ -171,6 +173,7 @@ export function loadSettings(env: Env, mode: "serve" | "dev" = "serve"): Setting
     problems.push(`KEYGATE_ON_STORE_DOWN="${onStoreDown}" must be "fail-closed" or "local-share"`);
   }
   const replicas = int("KEYGATE_REPLICAS", 1, 1, 1000);
+  const storeTimeoutMs = int("KEYGATE_STORE_TIMEOUT_MS", 1_000, 100, 60_000);
 
   const cert = str("KEYGATE_TLS_CERT");
   const key = str("KEYGATE_TLS_KEY");
@@ -218,6 +221,7 @@ export function loadSettings(env: Env, mode: "serve" | "dev" = "serve"): Setting
     taskPollMs,
     drainMs,
     onStoreDown: onStoreDown as Settings["onStoreDown"],
+    storeTimeoutMs,
     replicas,
     tls: cert && key ? { cert, key, clientCa } : undefined,
     testCrashAt: testCrashAt as CrashPoint | undefined,

@@ -14,6 +14,7 @@ import type {
   Operations,
   PolicyGate,
   RateLimiter,
+  StoreIntegrity,
   TaskWatcher,
   Tenant,
   Upstream,
@@ -52,6 +53,8 @@ export interface AssociateServiceOptions {
   owner: string;
   /** Upper bound for the task watch that keeps leases after the call returned. */
   taskMaxWaitMs: number;
+  /** Whether the shared store may have lost its data (src/store/epoch.ts). Default `neverSuspect`. */
+  integrity?: StoreIntegrity | undefined;
   hooks?: AssociateHooks;
 }
 

@@ -111,6 +111,9 @@ export interface StoreIntegrity {
   suspect(): boolean;
 }
 
+/** No shared store that could lose data behind keygate's back (memory store, tests). */
+export const neverSuspect: StoreIntegrity = { suspect: () => false };
+
 export interface OperationRun {
   /** Identical requests (same credential scope, region, instance set, key set, force_stop) share it. */
   fingerprint: string;

@@ -22,6 +22,8 @@
     ARGV[4] horizon     - ms: how far ahead of now a slot may be booked (0 = grant only now)
     ARGV[5] gap         - ms: least distance between slots that wait for the window, so that
                           replicas do not all wake and send in the same ms (0 = none)
+    ARGV[6] warm        - 1: a missing log is known to be older than one span (the caller saw the
+                          store down for longer than that just before), so it is simply empty
 
   Output:
     {1, remaining, nowMs, delayMs} booked; send delayMs after nowMs; remaining = grants still
@@ -33,13 +35,14 @@ local span = tonumber(ARGV[2])
 local cold = tonumber(ARGV[3])
 local horizon = tonumber(ARGV[4] or "0")
 local gap = tonumber(ARGV[5] or "0")
+local warm = ARGV[6] == "1"
 
 local t = redis.call("TIME")
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local penalty = tonumber(redis.call("GET", KEYS[2]) or "0")
 
 local log = redis.call("LRANGE", KEYS[1], 0, limit - 1)
-if cold > 0 and #log == 0 then
+if cold > 0 and #log == 0 and not warm then
   for _ = 1, limit do
     redis.call("LPUSH", KEYS[1], now + horizon)
   end

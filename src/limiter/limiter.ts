@@ -66,6 +66,11 @@ export interface Limiter extends RateLimiter {
   acquire(req: AcquireRequest): Promise<LimiterGrant>;
   /** Callers waiting on this replica (one bucket, or all). */
   queueDepth(bucketKey?: string): number;
+  /**
+   * Closes one bucket while the others keep working (drain: no more associate calls, but the
+   * task watchers still poll): its waiters and later callers get SHUTTING_DOWN.
+   */
+  closeBucket(bucketKey: string): void;
 }
 
 const MAX_TIMER_MS = 2_147_483_647;
@@ -130,6 +135,7 @@ export function createLimiter(options: LimiterOptions): Limiter {
   const hooks = options.hooks ?? {};
   const buckets = new Map<string, BucketState>();
   const closing = new AbortController();
+  const closedBuckets = new Set<string>();
 
   const safe = (f: () => void) => {
     try {
@@ -310,7 +316,7 @@ export function createLimiter(options: LimiterOptions): Limiter {
       safe(() => hooks.onReject?.(reason, bucket.key, tenant));
       return Promise.reject(e);
     };
-    if (closing.signal.aborted)
+    if (closing.signal.aborted || closedBuckets.has(bucket.key))
       return reject("closed", keygateError("SHUTTING_DOWN", "the limiter is closed"));
     if (signal.aborted) return reject("cancelled", keygateError("CANCELLED", "the caller went away"));
     const b = stateOf(bucket);
@@ -379,6 +385,13 @@ export function createLimiter(options: LimiterOptions): Limiter {
       let n = 0;
       for (const b of buckets.values()) n += b.queue.size;
       return n;
+    },
+    closeBucket(bucketKey: string): void {
+      closedBuckets.add(bucketKey);
+      const b = buckets.get(bucketKey);
+      if (!b) return;
+      dropBookings(b);
+      failAll(b, keygateError("SHUTTING_DOWN", "the limiter is closing"), "closed");
     },
     close(): Promise<void> {
       closing.abort();

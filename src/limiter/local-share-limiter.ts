@@ -120,7 +120,9 @@ export function createLocalShareLimiter(options: LocalShareLimiterOptions): Loca
     return g;
   };
 
+  const closedBuckets = new Set<string>();
   const acquire = async (req: AcquireRequest): Promise<LimiterGrant> => {
+    if (closedBuckets.has(req.bucket.key)) throw keygateError("SHUTTING_DOWN", "the limiter is closed");
     if (mode === "local-share" && clock.now() - localSince >= probeMs && primaryReady())
       setMode("recovering");
     if (mode === "local-share") return local(req);
@@ -154,6 +156,11 @@ export function createLocalShareLimiter(options: LocalShareLimiterOptions): Loca
     },
     queueDepth(bucketKey?: string): number {
       return primary.queueDepth(bucketKey) + (localLimiter?.queueDepth(bucketKey) ?? 0);
+    },
+    closeBucket(bucketKey: string): void {
+      closedBuckets.add(bucketKey);
+      primary.closeBucket(bucketKey);
+      localLimiter?.closeBucket(bucketKey);
     },
     async close(): Promise<void> {
       await Promise.all([primary.close(), localLimiter?.close(), ...retired]);

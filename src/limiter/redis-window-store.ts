@@ -13,6 +13,7 @@ interface LimiterCommands {
     coldMs: number,
     horizonMs: number,
     gapMs: number,
+    warm: 0 | 1,
   ): Promise<unknown>;
   keygatePenalize(penaltyKey: string, ms: number): Promise<unknown>;
 }
@@ -38,6 +39,11 @@ export interface RedisWindowStoreOptions {
   coldHoldOff?: boolean;
   /** How long an idle log is kept. Default 1 h. */
   coldAfterMs?: number;
+  /**
+   * Asked before each booking: true when a missing log is provably older than one span (the
+   * store was down for everybody for longer than that), so the cold hold-off is not needed.
+   */
+  coldHoldOffWaived?: () => Promise<boolean>;
 }
 
 /**
@@ -61,6 +67,7 @@ export function createRedisWindowStore(options: RedisWindowStoreOptions): Window
       booking: BookingOptions = {},
     ): Promise<StoreDecision> {
       const k = bucketKeys(prefix, bucket.key);
+      const warm = coldMs > 0 && options.coldHoldOffWaived ? await options.coldHoldOffWaived() : false;
       const reply = await cmd.keygateAcquireWindow(
         k.window,
         k.penalty,
@@ -69,6 +76,7 @@ export function createRedisWindowStore(options: RedisWindowStoreOptions): Window
         coldMs,
         Math.max(0, Math.floor(booking.horizonMs ?? 0)),
         Math.max(0, Math.ceil(booking.gapMs ?? 0)),
+        warm ? 1 : 0,
       );
       if (!Array.isArray(reply) || reply.length < 2)
         throw new Error("unexpected reply from acquire-window script");

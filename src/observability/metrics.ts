@@ -101,6 +101,11 @@ export function createMetrics(opts: { defaultMetrics?: boolean } = {}) {
       help: "Redis operations that failed (the affected requests got STORE_UNAVAILABLE)",
       registers: r,
     }),
+    storeSuspect: new Gauge({
+      name: "keygate_store_suspect",
+      help: "1 while the shared store may have lost its data and is not yet verified or rebuilt (keygate checks with the cloud before sending)",
+      registers: r,
+    }),
     /** Named before the mode was called local-share; kept, since dashboards and alerts use it. */
     storeLocalShare: new Gauge({
       name: "keygate_store_degraded",

@@ -67,3 +67,58 @@ export async function waitForRedis(
     await clock.sleep(20);
   }
 }
+
+export interface StoreWatchdogOptions {
+  client: RedisClient;
+  clock: Clock;
+  /** How often the store is probed while connected. */
+  intervalMs: number;
+  /** A probe unanswered for this long means the store hangs: the connection is dropped. */
+  timeoutMs: number;
+  /** One round trip to the store (PING, or the epoch check). */
+  probe: () => Promise<unknown>;
+  onHang?: () => void;
+}
+
+/**
+ * Makes readiness follow command latency, not only the socket: a probe that does not come back
+ * within `timeoutMs` drops the connection, which fails every command in flight at once and makes
+ * new ones fail fast until the store answers again (the client is built without offline queue and
+ * without resending). Returns a stop function.
+ */
+export function startStoreWatchdog(options: StoreWatchdogOptions): () => void {
+  const { client, clock } = options;
+  const stop = new AbortController();
+  let connection = 0;
+  client.on("close", () => connection++);
+  const tick = async () => {
+    if (client.status !== "ready") return;
+    const at = connection;
+    const timer = new AbortController();
+    let answered = false;
+    const probe = options.probe().then(
+      () => (answered = true),
+      () => (answered = true),
+    );
+    await Promise.race([probe, clock.sleep(options.timeoutMs, timer.signal).catch(() => undefined)]);
+    timer.abort();
+    if (answered || stop.signal.aborted || at !== connection) return;
+    try {
+      options.onHang?.();
+    } catch {
+      /* an observer must not stop the watchdog */
+    }
+    client.disconnect(true);
+  };
+  void (async () => {
+    while (!stop.signal.aborted) {
+      try {
+        await clock.sleep(options.intervalMs, stop.signal);
+      } catch {
+        return;
+      }
+      await tick();
+    }
+  })();
+  return () => stop.abort();
+}

@@ -76,11 +76,21 @@ export interface CreateRedisOptions {
   connectionName?: string;
   /** Optional CA bundle for rediss:// */
   caFile?: string | undefined;
+  /** KEYGATE_STORE_TIMEOUT_MS: one command's limit. Default 1000. */
+  timeoutMs?: number | undefined;
 }
+
+/** Longest pause between reconnect attempts: Redis back means keygate back within this. */
+export const RECONNECT_MAX_MS = 200;
+
+/** 25, 50, … ms, never more than RECONNECT_MAX_MS: a refused connect is cheap, a slow comeback is not. */
+export const reconnectDelay = (times: number) => Math.min(25 * Math.max(1, times), RECONNECT_MAX_MS);
 
 /**
  * Opens a client. Commands fail fast while disconnected (no offline queue) so that a Redis
  * outage becomes STORE_UNAVAILABLE at once instead of piling up waiters; reconnects forever.
+ * A hung server (no reply for half the timeout) costs the connection: every command in flight
+ * fails at once and none is sent again after the reconnect (docs/decisions.md, "A hung store").
  */
 export function createRedis(url: string, opts: CreateRedisOptions = {}): RedisClient {
   const client = openClient(url, opts);
@@ -95,13 +105,19 @@ function openClient(url: string, opts: CreateRedisOptions): RedisClient {
   if (!parsed.ok) throw new Error(`KEYGATE_REDIS_URL ${parsed.error}`);
   const p = split(url);
   const tls = p.tls ? (opts.caFile ? { ca: readFileSync(opts.caFile) } : {}) : undefined;
+  const timeoutMs = opts.timeoutMs ?? 1_000;
   const common: RedisOptions = {
     connectionName: opts.connectionName ?? "keygate",
     enableOfflineQueue: false,
-    maxRetriesPerRequest: 1,
-    connectTimeout: 2_000,
-    commandTimeout: 2_000,
-    retryStrategy: (times) => Math.min(50 * 2 ** Math.min(times, 6), 2_000),
+    // 0: a connection lost fails its commands instead of keeping them for the next one, where
+    // they would wait a second timeout and run after the caller gave up.
+    maxRetriesPerRequest: 0,
+    autoResendUnfulfilledCommands: false,
+    connectTimeout: timeoutMs,
+    commandTimeout: timeoutMs,
+    // Also covers the ready check, which would otherwise wait forever on a stopped server.
+    socketTimeout: Math.max(50, Math.floor(timeoutMs / 2)),
+    retryStrategy: reconnectDelay,
     username: p.username,
     password: p.password,
     ...(tls ? { tls } : {}),
@@ -110,7 +126,7 @@ function openClient(url: string, opts: CreateRedisOptions): RedisClient {
     return new Cluster(p.hosts, {
       redisOptions: common,
       enableOfflineQueue: false,
-      clusterRetryStrategy: (times) => Math.min(50 * 2 ** Math.min(times, 6), 2_000),
+      clusterRetryStrategy: reconnectDelay,
     });
   }
   if (parsed.mode === "sentinel") {
