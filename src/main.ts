@@ -13,7 +13,10 @@ import { ASSOCIATE_ACTION, bucketsOf, DESCRIBE_ACTION } from "./core/actions.js"
 import { createAssociateService } from "./core/associate-service.js";
 import { type Clock, systemClock } from "./core/clock.js";
 import { armCrashPoint } from "./core/crash-point.js";
+import { neverSuspect } from "./core/ports.js";
 import { createTaskWatcher } from "./leases/task-watcher.js";
+import { DEFAULT_BOOK_AHEAD_MS } from "./limiter/limiter.js";
+import { spanOf } from "./limiter/window.js";
 import { createAuditSink } from "./observability/audit.js";
 import type { Logger } from "./observability/logger.js";
 import { createMetrics, limiterMetrics } from "./observability/metrics.js";
@@ -21,12 +24,7 @@ import { createMetricsServer } from "./observability/metrics-server.js";
 import { createPolicyGate } from "./policy/gate.js";
 import { createInstanceCache } from "./policy/instance-cache.js";
 import { createPolicySource, createStaticPolicySource } from "./policy/source.js";
-import { createRedis } from "./store/redis.js";
-import { createStoreEpoch, type StoreEpoch } from "./store/epoch.js";
-import { startStoreWatchdog, waitForRedis, watchRedisHealth } from "./store/redis-health.js";
-import { DEFAULT_BOOK_AHEAD_MS } from "./limiter/limiter.js";
-import { spanOf } from "./limiter/window.js";
-import { neverSuspect } from "./core/ports.js";
+import { openSharedStore } from "./store/shared-store.js";
 import { createMeteredDescribe } from "./upstream/metered-describe.js";
 import {
   createCredentialProvider,
@@ -78,59 +76,25 @@ export async function createApp(opts: AppOptions) {
   closers.push(() => policySource.close());
 
   // --- store ---------------------------------------------------------------------------------
-  const redisUrl = settings.redisUrl;
-  const redis = redisUrl
-    ? createRedis(redisUrl, { connectionName: `keygate:${owner}`, timeoutMs: settings.storeTimeoutMs })
-    : undefined;
-  let epoch: StoreEpoch | undefined;
-  if (redis && redisUrl) {
-    metrics.storeSuspect.set(1);
-    epoch = createStoreEpoch({
-      client: redis,
-      clock,
-      rebuildMs: settings.taskMaxWaitMs,
-      // Slots booked before a loss lie at most H past it; one span + H after it none is in the window.
-      quietOutageMs: spanOf(1_000, settings.rateMarginMs) + DEFAULT_BOOK_AHEAD_MS + 100,
-      onSuspectChange: (s) => metrics.storeSuspect.set(s ? 1 : 0),
-      onDataLoss: ({ createdHere, previous }) =>
-        logger.error(
-          {
-            epochCreatedHere: createdHere,
-            hadEpoch: previous !== undefined,
-            rebuildMs: settings.taskMaxWaitMs,
-          },
-          "redis lost its data (epoch missing or changed): checking instances with the cloud before sending until the rebuild window ends",
-        ),
-    });
-    const stopWatchdog = startStoreWatchdog({
-      client: redis,
-      clock,
-      intervalMs: 250,
-      timeoutMs: Math.max(50, Math.floor(settings.storeTimeoutMs / 2)),
-      probe: epoch.check,
-      onHang: () => {
-        metrics.redisErrors.inc();
-        logger.warn({ timeoutMs: settings.storeTimeoutMs }, "redis does not answer: dropping the connection");
-      },
-    });
-    closers.push(() => Promise.resolve(stopWatchdog()));
-    const watched = { client: redis, url: redisUrl, onStoreDown: settings.onStoreDown, clock, logger };
-    watchRedisHealth({
-      ...watched,
-      setReady: (up) => health.set("redis", up),
-      setLocalShare: (active) => metrics.storeLocalShare.set(active ? 1 : 0),
-      onError: (err) => {
-        metrics.redisErrors.inc();
-        logger.warn({ err: err.message }, "redis error");
-      },
-    });
-    closers.push(async () => {
-      await redis.quit().catch(() => redis.disconnect());
-    });
-    await waitForRedis(watched, 5_000);
-  } else {
-    logger.warn("KEYGATE_REDIS_URL is not set: in-memory store, safe for ONE replica only");
-  }
+  const store = await openSharedStore({
+    url: settings.redisUrl,
+    connectionName: `keygate:${owner}`,
+    timeoutMs: settings.storeTimeoutMs,
+    onStoreDown: settings.onStoreDown,
+    rebuildMs: settings.taskMaxWaitMs,
+    // Slots booked before a loss lie at most one booking horizon past it: one span more, none is left.
+    quietOutageMs: spanOf(1_000, settings.rateMarginMs) + DEFAULT_BOOK_AHEAD_MS + 100,
+    clock,
+    logger,
+    hooks: {
+      ready: (up) => health.set("redis", up),
+      localShare: (active) => metrics.storeLocalShare.set(active ? 1 : 0),
+      suspect: (s) => metrics.storeSuspect.set(s ? 1 : 0),
+      error: () => metrics.redisErrors.inc(),
+    },
+  });
+  closers.push(() => store.close());
+  const { redis, epoch } = store;
 
   // --- upstream ------------------------------------------------------------------------------
   const credential = createCredentialProvider(settings.credentials);
