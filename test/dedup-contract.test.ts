@@ -4,6 +4,7 @@ import { systemClock } from "../src/core/clock.js";
 import { isKeygateError, KeygateError, keygateError, type ErrorKind } from "../src/core/errors.js";
 import type { AssociateResult } from "../src/core/model.js";
 import type { Execution, Operations } from "../src/core/ports.js";
+import { createLocalShareOperations } from "../src/dedup/local-share-operations.js";
 import { createMemoryOperationStore } from "../src/dedup/memory-operation-store.js";
 import { idempotencyKey, type OperationStore } from "../src/dedup/operation-store.js";
 import { createOperations, type OperationsOptions } from "../src/dedup/operations.js";
@@ -566,5 +567,50 @@ describe.each(backends)("Operations contract ($name)", (backend) => {
     const err = await errorOf(a!.run({ fingerprint: randomUUID(), execute: ex.execute }, call()));
     expect(isKeygateError(err) && err.reason).toBe("SHUTTING_DOWN");
     expect(ex.calls()).toBe(0);
+  });
+});
+
+describe("local-share wrapper keeps the same semantics", () => {
+  const both = async () => {
+    const primary = createOperations({
+      store: createRedisOperationStore({ client: await connectedClient() }),
+      clock: systemClock,
+    });
+    const own = createOperations({
+      store: createMemoryOperationStore({ clock: systemClock }),
+      clock: systemClock,
+    });
+    return createLocalShareOperations({ primary, own, clock: systemClock });
+  };
+
+  it("passes the shared record through: a takeover inherits, and a lost claim refuses mark", async () => {
+    const ops = await both();
+    const store = createRedisOperationStore({ client: await connectedClient() });
+    const fingerprint = randomUUID();
+    expect((await store.claim(fingerprint, "dead-replica", ttls(200))).state).toBe("claimed");
+    expect(
+      await store.mark(fingerprint, "dead-replica", "sent", { sentAt: 7, requestId: "up-7" }, 60_000),
+    ).toBe(true);
+    const ex = counted({ body: (e) => e.mark("sending") });
+    await ops.run({ fingerprint, execute: ex.execute }, call());
+    expect(ex.inherited()).toEqual([{ phase: "sent", sentAt: 7, requestId: "up-7" }]);
+    expect(await store.mark(fingerprint, "dead-replica", "sending", {}, 60_000)).toBe(false);
+  });
+
+  it("joins a final outcome within the window and re-reads the key, like the stores it wraps", async () => {
+    const [a, b] = [await both(), await both()];
+    const fingerprint = randomUUID();
+    const idempotency = { tenant: "team-a", key: randomUUID() };
+    const ex = counted();
+    const first = await a.run({ fingerprint, execute: ex.execute }, call());
+    expect(await b.run({ fingerprint, execute: ex.execute }, call())).toEqual({
+      ...first,
+      deduplicated: true,
+    });
+    const failing = counted({ fail: () => keygateError("UPSTREAM_TIMEOUT", "no answer") });
+    const fp2 = randomUUID();
+    await errorOf(a.run({ fingerprint: fp2, idempotency, execute: failing.execute }, call()));
+    const r = await b.run({ fingerprint: fp2, idempotency, execute: ex.execute }, call());
+    expect([r.deduplicated, ex.calls()]).toEqual([false, 2]);
   });
 });
