@@ -465,6 +465,48 @@ describe.each(backends)("Operations contract ($name)", (backend) => {
       expect((await second).deduplicated).toBe(false);
     });
 
+    it("a call that joined the stalled executor gets the heir's answer, not OPERATION_TAKEN_OVER", async () => {
+      const [a] = await backend.replicas(1, { claimTtlMs: 200, claimRenewEveryMs: 600_000 });
+      const [b] = await backend.replicas(1, { recheckMs: 20 });
+      const joined = deferred();
+      const mayLook = deferred();
+      const [c] = await backend.replicas(
+        1,
+        { recheckMs: 20 },
+        {
+          wrap: (s) =>
+            wrapStore(s, {
+              peek: async (f, holder) => {
+                joined.resolve();
+                await mayLook.promise; // c looks again only once a has finished with OPERATION_TAKEN_OVER
+                return s.peek(f, holder);
+              },
+            }),
+        },
+      );
+      const fingerprint = randomUUID();
+      const stall = deferred();
+      const exA = counted({
+        body: async (e) => {
+          await e.mark("sending");
+          await stall.promise;
+          await e.mark("sending");
+        },
+      });
+      const first = errorOf(a!.run({ fingerprint, execute: exA.execute }, call()));
+      await exA.running(1);
+      const third = c!.run({ fingerprint, execute: exA.execute }, call());
+      await joined.promise;
+      const exB = counted();
+      const heir = await b!.run({ fingerprint, execute: exB.execute }, call());
+      stall.resolve();
+      const errA = await first;
+      expect(isKeygateError(errA) && errA.reason).toBe("OPERATION_TAKEN_OVER");
+      mayLook.resolve();
+      expect(await third).toEqual({ ...heir, deduplicated: true });
+      expect([exA.calls(), exB.calls()]).toEqual([1, 1]);
+    });
+
     it("row 3: the executor died after its cloud call; the retry with its key inherits `sent` and the request id", async () => {
       const store = await backend.rawStore();
       const [b] = await backend.replicas(1);

@@ -93,8 +93,14 @@ export function createOperations(options: OperationsOptions): Operations {
         return execute(op, idemKey, token, c.inherited);
       }
       const joined = await waitFor(op.fingerprint, c.holder, opts);
-      if (joined !== null) return answerWith(joined, idemKey, op.fingerprint);
+      // The executor we joined was taken over: its heir's answer is ours, so join the heir.
+      if (joined !== null && !takenOver(joined)) return answerWith(joined, idemKey, op.fingerprint);
     }
+  }
+
+  function takenOver(encoded: string): boolean {
+    const o = decodeOutcome(encoded);
+    return !o.ok && o.error.reason === "OPERATION_TAKEN_OVER";
   }
 
   /** A joined execution's outcome as this caller's answer (kept under its key when final). */
