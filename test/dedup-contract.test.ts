@@ -438,8 +438,9 @@ describe.each(backends)("Operations contract ($name)", (backend) => {
 
   describe("records with phases, fencing and takeover", () => {
     it("an executor that stalled past its claim cannot mark `sending` (OPERATION_TAKEN_OVER); its heir inherits the phase", async () => {
-      // a never renews (it "stalls"), so its 200 ms claim runs out while it is held.
-      const [a] = await backend.replicas(1, { claimTtlMs: 200, claimRenewEveryMs: 600_000 });
+      // a never renews (it "stalls"), so its claim runs out while it is held; 1 s leaves a loaded
+      // machine ample time for its first mark.
+      const [a] = await backend.replicas(1, { claimTtlMs: 1_000, claimRenewEveryMs: 600_000 });
       const [b] = await backend.replicas(1, { recheckMs: 20 });
       const fingerprint = randomUUID();
       const stall = deferred();
@@ -466,7 +467,7 @@ describe.each(backends)("Operations contract ($name)", (backend) => {
     });
 
     it("a call that joined the stalled executor gets the heir's answer, not OPERATION_TAKEN_OVER", async () => {
-      const [a] = await backend.replicas(1, { claimTtlMs: 200, claimRenewEveryMs: 600_000 });
+      const [a] = await backend.replicas(1, { claimTtlMs: 1_000, claimRenewEveryMs: 600_000 });
       const [b] = await backend.replicas(1, { recheckMs: 20 });
       const joined = deferred();
       const mayLook = deferred();
@@ -515,7 +516,7 @@ describe.each(backends)("Operations contract ($name)", (backend) => {
       const idem = idempotencyKey(idempotency.tenant, idempotency.key, sha256);
       // What the dead replica left: the key pending, its claim (never renewed again), phase sent.
       expect(await store.beginIdempotent(idem, fingerprint, 60_000)).toEqual({ state: "new" });
-      expect((await store.claim(fingerprint, "dead-replica", ttls(300))).state).toBe("claimed");
+      expect((await store.claim(fingerprint, "dead-replica", ttls(1_000))).state).toBe("claimed");
       expect(await store.mark(fingerprint, "dead-replica", "sending", { sentAt: 1000 }, 60_000)).toBe(true);
       expect(await store.mark(fingerprint, "dead-replica", "sent", { requestId: "up-dead" }, 60_000)).toBe(
         true,
@@ -629,7 +630,7 @@ describe("local-share wrapper keeps the same semantics", () => {
     const ops = await both();
     const store = createRedisOperationStore({ client: await connectedClient() });
     const fingerprint = randomUUID();
-    expect((await store.claim(fingerprint, "dead-replica", ttls(200))).state).toBe("claimed");
+    expect((await store.claim(fingerprint, "dead-replica", ttls(1_000))).state).toBe("claimed");
     expect(
       await store.mark(fingerprint, "dead-replica", "sent", { sentAt: 7, requestId: "up-7" }, 60_000),
     ).toBe(true);
