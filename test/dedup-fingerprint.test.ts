@@ -1,8 +1,8 @@
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
 import { fingerprintOf } from "../src/core/fingerprint.js";
-import { decodeOutcome, encodeOutcome, failureOutcome, isDefinitive, settle } from "../src/dedup/outcome.js";
-import { KeygateError, keygateError } from "../src/core/errors.js";
+import { decodeOutcome, encodeOutcome, failureOutcome, isFinal, settle } from "../src/dedup/outcome.js";
+import { KeygateError, keygateError, reasonCatalogue, type ErrorKind } from "../src/core/errors.js";
 
 const id = (prefix: string) => fc.stringMatching(/^[a-z0-9]{8}$/).map((s) => prefix + s);
 const input = fc.record({
@@ -69,7 +69,7 @@ describe("outcomes", () => {
       retryAfterMs: 250,
     });
     const o = decodeOutcome(encodeOutcome(failureOutcome(e)));
-    expect(isDefinitive(o)).toBe(true);
+    expect(isFinal(o)).toBe(false);
     const thrown = (() => {
       try {
         settle(o, true);
@@ -88,18 +88,57 @@ describe("outcomes", () => {
     });
   });
 
-  it("only results and upstream answers are definitive", () => {
-    expect(isDefinitive({ ok: true, result: { requestId: "r", deduplicated: false, instances: [] } })).toBe(
-      true,
-    );
-    for (const reason of [
-      "RATE_LIMITED",
-      "STORE_UNAVAILABLE",
-      "INSTANCE_BUSY",
-      "CANCELLED",
-      "UPSTREAM_UNAVAILABLE",
+  // The table of docs/decisions/operation-lifecycle.md, "Idempotency stores final outcomes only".
+  const finalByKind: [ErrorKind, boolean][] = [
+    ["invalid_argument", true],
+    ["not_found", true],
+    ["failed_precondition", true],
+    ["permission_denied", true],
+    ["unavailable", false],
+    ["aborted", false],
+    ["resource_exhausted", false],
+    ["deadline_exceeded", false],
+    ["cancelled", false],
+    ["internal", false],
+    ["unauthenticated", false],
+  ];
+
+  it("the table names every error kind once", () => {
+    const kinds = Object.values(reasonCatalogue).map((r) => r.kind);
+    for (const k of kinds) expect(finalByKind.map(([kind]) => kind)).toContain(k);
+    expect(new Set(finalByKind.map(([k]) => k)).size).toBe(finalByKind.length);
+  });
+
+  it("a result is final", () => {
+    expect(isFinal({ ok: true, result: { requestId: "r", deduplicated: false, instances: [] } })).toBe(true);
+  });
+
+  it.each(finalByKind)(
+    "an error of kind %s is final: %s (with or without an upstream code)",
+    (kind, final) => {
+      const own = new KeygateError({ kind, reason: "X", message: "x" });
+      const upstream = new KeygateError({ kind, reason: "Up.Code", message: "x", upstreamCode: "Up.Code" });
+      expect(isFinal(failureOutcome(own))).toBe(final);
+      expect(isFinal(failureOutcome(upstream))).toBe(final);
+    },
+  );
+
+  it("retryable cloud errors are not final (InternalError, MutexOperation.TaskRunning)", () => {
+    for (const [kind, code] of [
+      ["unavailable", "InternalError"],
+      ["aborted", "MutexOperation.TaskRunning"],
     ] as const) {
-      expect(isDefinitive(failureOutcome(keygateError(reason, "x")))).toBe(false);
+      const e = new KeygateError({
+        kind,
+        reason: code,
+        message: "x",
+        upstreamCode: code,
+        upstreamRequestId: "u",
+      });
+      expect(isFinal(failureOutcome(e))).toBe(false);
+    }
+    for (const reason of ["RATE_LIMITED", "STORE_UNAVAILABLE", "INSTANCE_BUSY", "CANCELLED"] as const) {
+      expect(isFinal(failureOutcome(keygateError(reason, "x")))).toBe(false);
     }
   });
 

@@ -13,6 +13,7 @@ export const Reason = {
   UPSTREAM_TIMEOUT: "UPSTREAM_TIMEOUT",
   UPSTREAM_BAD_RESPONSE: "UPSTREAM_BAD_RESPONSE",
   INSTANCE_BUSY: "INSTANCE_BUSY",
+  OPERATION_TAKEN_OVER: "OPERATION_TAKEN_OVER",
   DEADLINE_EXCEEDED: "DEADLINE_EXCEEDED",
   CANCELLED: "CANCELLED",
   SHUTTING_DOWN: "SHUTTING_DOWN",
@@ -63,6 +64,11 @@ export const reasonCatalogue: Record<KeygateReason, { kind: ErrorKind; summary: 
     kind: "aborted",
     summary:
       "An instance stayed busy (leased by another keygate call) past the deadline, or too many calls wait for it.",
+  },
+  OPERATION_TAKEN_OVER: {
+    kind: "aborted",
+    summary:
+      "This replica stalled and another took the operation over; nothing more was sent from here. Retry with the same idempotency_key.",
   },
   DEADLINE_EXCEEDED: { kind: "deadline_exceeded", summary: "The caller's deadline passed." },
   CANCELLED: { kind: "cancelled", summary: "The caller went away." },

@@ -1,6 +1,16 @@
 import { createReleaseFeed } from "../leases/release-feed.js";
 import type { Clock } from "../core/clock.js";
-import { OPS_SCOPE, type IdempotencyState, type OperationStore } from "./operation-store.js";
+import type { SendPhase } from "../core/ports.js";
+import { inheritedFrom, OPS_SCOPE, type IdempotencyState, type OperationStore } from "./operation-store.js";
+
+/** The operation record of a fingerprint, as the Lua scripts keep it in a hash. */
+interface OpRecord {
+  token: string;
+  phase: "claimed" | SendPhase | "done";
+  sentAt?: number;
+  requestId?: string;
+  outcome?: string;
+}
 
 interface Expiring<T> {
   value: T;
@@ -17,6 +27,7 @@ export function createMemoryOperationStore(options: { clock: Clock }): Operation
   const idem = new Map<string, Expiring<{ fingerprint: string; outcome?: string }>>();
   const claims = new Map<string, Expiring<string>>();
   const results = new Map<string, Expiring<string>>();
+  const records = new Map<string, Expiring<OpRecord>>();
   let writes = 0;
 
   const get = <T>(m: Map<string, Expiring<T>>, key: string): T | undefined => {
@@ -36,6 +47,7 @@ export function createMemoryOperationStore(options: { clock: Clock }): Operation
     for (const k of idem.keys()) get(idem, k);
     for (const k of claims.keys()) get(claims, k);
     for (const k of results.keys()) get(results, k);
+    for (const k of records.keys()) get(records, k);
   };
   const resultId = (fp: string, token: string) => `${fp}\u0000${token}`;
 
@@ -63,19 +75,48 @@ export function createMemoryOperationStore(options: { clock: Clock }): Operation
       if (rec && rec.fingerprint === fingerprint && rec.outcome === undefined) idem.delete(key);
       return Promise.resolve();
     },
-    claim(fingerprint, token, ttlMs) {
+    claim(fingerprint, token, ttl) {
       const holder = get(claims, fingerprint);
-      if (holder !== undefined) return Promise.resolve({ claimed: false, holder });
-      set(claims, fingerprint, token, ttlMs);
-      return Promise.resolve({ claimed: true });
+      if (holder !== undefined) return Promise.resolve({ state: "held" as const, holder });
+      const rec = get(records, fingerprint);
+      if (rec?.phase === "done" && rec.outcome !== undefined) {
+        return Promise.resolve({ state: "finished" as const, outcome: rec.outcome });
+      }
+      set(claims, fingerprint, token, ttl.claimTtlMs);
+      const inherited = inheritedFrom(rec?.phase, rec?.sentAt, rec?.requestId);
+      set(
+        records,
+        fingerprint,
+        inherited && rec ? { ...rec, token } : { token, phase: "claimed" },
+        ttl.recordTtlMs,
+      );
+      return Promise.resolve({ state: "claimed" as const, inherited });
     },
     renewClaim(fingerprint, token, ttlMs) {
       if (get(claims, fingerprint) !== token) return Promise.resolve(false);
       set(claims, fingerprint, token, ttlMs);
       return Promise.resolve(true);
     },
-    finish(fingerprint, token, outcome, resultTtlMs) {
-      set(results, resultId(fingerprint, token), outcome, resultTtlMs);
+    mark(fingerprint, token, phase, detail, recordTtlMs) {
+      const rec = get(records, fingerprint);
+      if (get(claims, fingerprint) !== token || rec?.token !== token) return Promise.resolve(false);
+      const next: OpRecord = { ...rec, phase };
+      if (phase === "sending") delete next.requestId;
+      if (detail.sentAt !== undefined) next.sentAt = detail.sentAt;
+      if (detail.requestId !== undefined) next.requestId = detail.requestId;
+      set(records, fingerprint, next, recordTtlMs);
+      return Promise.resolve(true);
+    },
+    finish(fingerprint, token, outcome, opts) {
+      set(results, resultId(fingerprint, token), outcome, opts.resultTtlMs);
+      const rec = get(records, fingerprint);
+      if (rec?.token === token) {
+        if (opts.final && opts.joinWindowMs > 0) {
+          set(records, fingerprint, { ...rec, phase: "done", outcome }, opts.joinWindowMs);
+        } else if (opts.final || rec.phase === "claimed") {
+          records.delete(fingerprint);
+        }
+      }
       if (get(claims, fingerprint) === token) claims.delete(fingerprint);
       releases.notify(OPS_SCOPE, [fingerprint]);
       return Promise.resolve();

@@ -2,17 +2,10 @@ import { createHash, randomUUID } from "node:crypto";
 import type { Clock } from "../core/clock.js";
 import { keygateError } from "../core/errors.js";
 import type { AssociateResult } from "../core/model.js";
-import { unrecordedExecution, type CallOptions, type OperationRun, type Operations } from "../core/ports.js";
+import type { CallOptions, Execution, OperationRun, Operations } from "../core/ports.js";
 import { backoffMs, guarded, pause, throwIfAborted } from "../core/call-wait.js";
-import { idempotencyKey, OPS_SCOPE, type OperationStore } from "./operation-store.js";
-import {
-  decodeOutcome,
-  encodeOutcome,
-  failureOutcome,
-  isDefinitive,
-  settle,
-  type Outcome,
-} from "./outcome.js";
+import { idempotencyKey, OPS_SCOPE, type Inherited, type OperationStore } from "./operation-store.js";
+import { decodeOutcome, encodeOutcome, failureOutcome, isFinal, settle, type Outcome } from "./outcome.js";
 
 export interface OperationsOptions {
   store: OperationStore;
@@ -20,35 +13,51 @@ export interface OperationsOptions {
   /** How long an idempotency key answers with its first outcome (the product promise: 24 h). */
   idempotencyTtlMs?: number;
   /**
-   * Lifetime of a claim without renewal: how long joiners wait for a crashed executor before
-   * one of them takes over.
+   * Lifetime of a claim without renewal: how long a crashed or stalled executor blocks others
+   * before one of them takes over. Default 3 s, renewed every second.
    */
   claimTtlMs?: number;
   claimRenewEveryMs?: number;
+  /**
+   * How long a record that got past `claimed` waits for an heir after its executor vanished
+   * (and how long any record lasts while executing). Default: the idempotency TTL.
+   */
+  recordTtlMs?: number;
+  /**
+   * After an execution ended with a final outcome, identical calls arriving this long after
+   * still get it instead of executing again (part of the coalescing contract). Default 5 s.
+   */
+  joinWindowMs?: number;
   /** How long an outcome stays readable for the calls that joined it; they poll far more often. */
   resultTtlMs?: number;
   pollMinMs?: number;
   pollMaxMs?: number;
-  /** With finish notices (`OperationStore.releases`), how often joiners re-check anyway. Default 2000 ms. */
+  /**
+   * With finish notices (`OperationStore.releases`), how often joiners re-check anyway (they
+   * notice a vanished executor this way). Default 500 ms.
+   */
   recheckMs?: number;
   random?: () => number;
 }
 
 /**
- * Runs each request once cluster-wide: identical calls in flight are joined (coalescing), and a
- * repeated idempotency key gets its first definitive answer for 24 h. Store trouble before
- * anything ran is STORE_UNAVAILABLE and nothing is executed.
+ * Runs each request once cluster-wide: identical calls in flight (or finished less than the join
+ * window ago) are joined (coalescing), and a repeated idempotency key gets its first final answer
+ * for 24 h. Store trouble before anything ran is STORE_UNAVAILABLE and nothing is executed. The
+ * life cycle is docs/decisions/operation-lifecycle.md.
  */
 export function createOperations(options: OperationsOptions): Operations {
   const { store, clock } = options;
   const idempotencyTtlMs = options.idempotencyTtlMs ?? 24 * 3600_000;
-  const claimTtlMs = options.claimTtlMs ?? 15_000;
+  const claimTtlMs = options.claimTtlMs ?? 3_000;
   const claimRenewEveryMs = options.claimRenewEveryMs ?? Math.floor(claimTtlMs / 3);
+  const recordTtlMs = options.recordTtlMs ?? idempotencyTtlMs;
+  const joinWindowMs = options.joinWindowMs ?? 5_000;
   const resultTtlMs = options.resultTtlMs ?? 60_000;
   const pollMinMs = options.pollMinMs ?? 10;
   const pollMaxMs = options.pollMaxMs ?? 100;
   const random = options.random ?? Math.random;
-  const recheckMs = options.recheckMs ?? 2_000;
+  const recheckMs = options.recheckMs ?? 500;
   const feed = store.releases;
   const sha256 = (s: string) => createHash("sha256").update(s).digest("hex");
   let closed = false;
@@ -74,28 +83,99 @@ export function createOperations(options: OperationsOptions): Operations {
         }
         if (st.state === "done") return settle(decodeOutcome(st.outcome), true);
       }
-      const c = await guarded("coalescing", () => store.claim(op.fingerprint, token, claimTtlMs));
-      if (c.claimed) return execute(op, idemKey, token);
-      const joined = await waitFor(op.fingerprint, c.holder, opts);
-      if (joined !== null) {
-        const outcome = decodeOutcome(joined);
-        if (idemKey !== undefined) await remember(idemKey, op.fingerprint, outcome);
-        return settle(outcome, true);
+      const c = await guarded("coalescing", () =>
+        store.claim(op.fingerprint, token, { claimTtlMs, recordTtlMs }),
+      );
+      if (c.state === "finished") return answerWith(c.outcome, idemKey, op.fingerprint);
+      if (c.state === "claimed") {
+        const stored = idemKey !== undefined ? await reread(op.fingerprint, idemKey, token) : undefined;
+        if (stored !== undefined) return settle(stored, true);
+        return execute(op, idemKey, token, c.inherited);
       }
+      const joined = await waitFor(op.fingerprint, c.holder, opts);
+      // The executor we joined was taken over: its heir's answer is ours, so join the heir.
+      if (joined !== null && !takenOver(joined)) return answerWith(joined, idemKey, op.fingerprint);
     }
+  }
+
+  function takenOver(encoded: string): boolean {
+    const o = decodeOutcome(encoded);
+    return !o.ok && o.error.reason === "OPERATION_TAKEN_OVER";
+  }
+
+  /** A joined execution's outcome as this caller's answer (kept under its key when final). */
+  async function answerWith(encoded: string, idemKey: string | undefined, fingerprint: string) {
+    const outcome = decodeOutcome(encoded);
+    if (idemKey !== undefined) await remember(idemKey, fingerprint, outcome);
+    return settle(outcome, true);
+  }
+
+  /**
+   * After a successful claim, the idempotency record again: the call we found pending may have
+   * finished (and released its claim) in between. Then our claim goes back, carrying that outcome
+   * to anyone who joined us, and nothing executes.
+   */
+  async function reread(fingerprint: string, idemKey: string, token: string): Promise<Outcome | undefined> {
+    let st;
+    try {
+      st = await guarded("idempotency", () => store.beginIdempotent(idemKey, fingerprint, idempotencyTtlMs));
+    } catch (e) {
+      await giveBack(fingerprint, token, failureOutcome(e));
+      throw e;
+    }
+    if (st.state === "done") {
+      const outcome = decodeOutcome(st.outcome);
+      await giveBack(fingerprint, token, outcome);
+      return outcome;
+    }
+    if (st.state === "mismatch") {
+      const e = keygateError(
+        "IDEMPOTENCY_MISMATCH",
+        "this idempotency_key was used before with a different request",
+      );
+      await giveBack(fingerprint, token, failureOutcome(e));
+      throw e;
+    }
+    return undefined;
+  }
+
+  function giveBack(fingerprint: string, token: string, outcome: Outcome): Promise<void> {
+    return store
+      .finish(fingerprint, token, encodeOutcome(outcome), {
+        final: isFinal(outcome),
+        resultTtlMs,
+        joinWindowMs,
+      })
+      .catch(() => undefined);
   }
 
   async function execute(
     op: OperationRun,
     idemKey: string | undefined,
     token: string,
+    inherited: Inherited | undefined,
   ): Promise<AssociateResult> {
     const stop = new AbortController();
     const renewing = renewClaim(op.fingerprint, token, stop.signal);
+    const execution: Execution = {
+      inherited,
+      async mark(phase, detail = {}) {
+        const sentAt = detail.sentAt ?? (phase === "sending" ? clock.now() : undefined);
+        const written = await guarded("coalescing", () =>
+          store.mark(op.fingerprint, token, phase, { sentAt, requestId: detail.requestId }, recordTtlMs),
+        );
+        if (!written) {
+          throw keygateError(
+            "OPERATION_TAKEN_OVER",
+            "this replica lost the operation to another one while executing it; nothing more was sent from here",
+          );
+        }
+      },
+    };
     let outcome: Outcome;
     let thrown: { error: unknown } | undefined;
     try {
-      outcome = { ok: true, result: { ...(await op.execute(unrecordedExecution)), deduplicated: false } };
+      outcome = { ok: true, result: { ...(await op.execute(execution)), deduplicated: false } };
     } catch (e) {
       outcome = failureOutcome(e);
       thrown = { error: e };
@@ -105,7 +185,7 @@ export function createOperations(options: OperationsOptions): Operations {
     }
     // The idempotency record first: once the claim is gone, only it stops a second execution.
     if (idemKey !== undefined) await remember(idemKey, op.fingerprint, outcome);
-    await store.finish(op.fingerprint, token, encodeOutcome(outcome), resultTtlMs).catch(() => undefined);
+    await giveBack(op.fingerprint, token, outcome);
     if (thrown) throw thrown.error;
     return settle(outcome, false);
   }
@@ -115,7 +195,7 @@ export function createOperations(options: OperationsOptions): Operations {
    * truth; if the store is down now, a retry may run again (documented in the decisions).
    */
   async function remember(idemKey: string, fingerprint: string, outcome: Outcome): Promise<void> {
-    const write = isDefinitive(outcome)
+    const write = isFinal(outcome)
       ? store.completeIdempotent(idemKey, fingerprint, encodeOutcome(outcome), idempotencyTtlMs)
       : store.abandonIdempotent(idemKey, fingerprint);
     await write.catch(() => undefined);
@@ -125,7 +205,8 @@ export function createOperations(options: OperationsOptions): Operations {
     while (!stop.aborted) {
       try {
         await clock.sleep(claimRenewEveryMs, stop);
-        await store.renewClaim(fingerprint, token, claimTtlMs);
+        // Lost: a peer took over; our next mark() is refused, so nothing more is sent from here.
+        if (!(await store.renewClaim(fingerprint, token, claimTtlMs))) return;
       } catch {
         /* stopped, or the store blinked: the next round tries again */
       }

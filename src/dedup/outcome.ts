@@ -31,11 +31,24 @@ export function failureOutcome(e: unknown): Outcome {
 }
 
 /**
- * Only definitive outcomes may answer a repeated idempotency key: a result, or an error the
- * upstream itself returned. Anything that failed before reaching the upstream must run again.
+ * Error kinds a retry cannot change: the request itself is wrong or not allowed, or the cloud
+ * refused it for a reason that outlives the call. Everything else (unavailable, aborted,
+ * resource_exhausted, deadline_exceeded, cancelled, internal, unauthenticated) may go otherwise
+ * next time. The table is in docs/decisions/operation-lifecycle.md.
  */
-export function isDefinitive(o: Outcome): boolean {
-  return o.ok || o.error.upstreamCode !== undefined;
+const FINAL_KINDS: ReadonlySet<ErrorKind> = new Set<ErrorKind>([
+  "invalid_argument",
+  "not_found",
+  "failed_precondition",
+  "permission_denied",
+]);
+
+/**
+ * Whether an outcome is final: kept under an idempotency key and joined by identical calls that
+ * arrive within the join window. Decided by the error's kind, not by who produced it.
+ */
+export function isFinal(o: Outcome): boolean {
+  return o.ok || FINAL_KINDS.has(o.error.kind);
 }
 
 export function encodeOutcome(o: Outcome): string {

@@ -4,7 +4,9 @@ import { systemClock, type Clock } from "../core/clock.js";
 import { createRedisReleaseFeed } from "../leases/release-feed.js";
 import {
   claimKey,
+  inheritedFrom,
   OPS_CHANNEL,
+  recordKey,
   resultKey,
   type IdempotencyState,
   type OperationStore,
@@ -25,9 +27,10 @@ export function createRedisOperationStore(options: { client: RedisClient; clock?
   const begin = script("keygateBeginIdempotent", "./begin-idempotent-1.lua");
   const complete = script("keygateCompleteIdempotent", "./complete-idempotent-1.lua");
   const abandon = script("keygateAbandonIdempotent", "./abandon-idempotent-1.lua");
-  const claim = script("keygateClaimOperation", "./claim-operation-1.lua");
+  const claim = script("keygateClaimOperation", "./claim-operation-2.lua");
   const renew = script("keygateRenewClaim", "./renew-claim-1.lua");
-  const finish = script("keygateFinishOperation", "./finish-operation-2.lua");
+  const mark = script("keygateMarkOperation", "./mark-operation-2.lua");
+  const finish = script("keygateFinishOperation", "./finish-operation-3.lua");
 
   return {
     releases,
@@ -43,23 +46,47 @@ export function createRedisOperationStore(options: { client: RedisClient; clock?
     async abandonIdempotent(key, fingerprint) {
       await abandon(key, fingerprint);
     },
-    async claim(fingerprint, token, ttlMs) {
-      const [ok, holder] = (await claim(claimKey(fingerprint), token, ttlMs)) as [number, string | null];
-      // holder is null only if the claim expired between SET NX and GET inside the script: impossible.
-      return ok === 1 ? { claimed: true } : { claimed: false, holder: holder ?? "" };
+    async claim(fingerprint, token, ttl) {
+      const reply = (await claim(
+        claimKey(fingerprint),
+        recordKey(fingerprint),
+        token,
+        ttl.claimTtlMs,
+        ttl.recordTtlMs,
+      )) as [number, string?, string?, string?];
+      const [state, a = "", b = "", c = ""] = reply;
+      if (state === 0) return { state: "held", holder: a };
+      if (state === 2) return { state: "finished", outcome: a };
+      if (state === 1) return { state: "claimed", inherited: inheritedFrom(a, b, c) };
+      throw new Error(`unexpected reply from claim-operation: ${String(state)}`);
     },
     async renewClaim(fingerprint, token, ttlMs) {
       return (await renew(claimKey(fingerprint), token, ttlMs)) === 1;
     },
-    async finish(fingerprint, token, outcome, resultTtlMs) {
+    async mark(fingerprint, token, phase, detail, recordTtlMs) {
+      const written = await mark(
+        claimKey(fingerprint),
+        recordKey(fingerprint),
+        token,
+        phase,
+        detail.sentAt ?? "",
+        detail.requestId ?? "",
+        recordTtlMs,
+      );
+      return written === 1;
+    },
+    async finish(fingerprint, token, outcome, opts) {
       await finish(
         claimKey(fingerprint),
         resultKey(fingerprint, token),
+        recordKey(fingerprint),
         token,
         outcome,
-        resultTtlMs,
+        opts.resultTtlMs,
         OPS_CHANNEL,
         fingerprint,
+        opts.final ? "1" : "0",
+        opts.joinWindowMs,
       );
     },
     async peek(fingerprint, holder) {
