@@ -90,7 +90,8 @@ export type AssociateKeyPairsResponse = Message<"keygate.v1.AssociateKeyPairsRes
   requestId: string;
 
   /**
-   * True when this call joined an identical call already in flight.
+   * True when this call did not execute itself: it joined an identical call in flight (or one
+   * that finished moments ago), or replayed the first answer of its idempotency_key.
    *
    * @generated from field: bool deduplicated = 2;
    */
