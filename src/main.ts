@@ -162,6 +162,7 @@ export async function createApp(opts: AppOptions) {
     scope,
     owner,
     taskMaxWaitMs: settings.taskMaxWaitMs,
+    resendHorizonMs: 2 * settings.upstreamTimeoutMs,
     hooks: {
       audit,
       upstreamCall: (action, code, seconds) => {
