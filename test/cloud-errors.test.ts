@@ -300,8 +300,8 @@ describe("the README's error tables agree with the table", () => {
       .slice(1);
   const actionWords: Record<CloudAction, string> = {
     answer: "answers at once",
-    wait: "waits until the instances are idle",
-    retry: "retries up to 3 times with backoff",
+    wait: "waits until the instances are idle, then resends; answers after 5 cloud calls",
+    retry: "retries up to 3 times with backoff (5 cloud calls at most), each after asking the cloud",
     penalize: "every replica holds off the bucket for 1 s",
   };
 
