@@ -343,7 +343,8 @@ export function createAssociateService(opts: AssociateServiceOptions) {
         entry.upstreamCode = e.upstreamCode;
         entry.upstreamRequestId = e.upstreamRequestId;
         if (mayHaveReachedUpstream(e)) {
-          uncertain = { sentAt, requestIds };
+          // A coded answer shows the request arrived: nothing of it is still on its way.
+          uncertain = { sentAt: e.upstreamCode === undefined ? sentAt : 0, requestIds };
           await execution.mark("uncertain", { sentAt }).catch(orLast);
         }
         const step = nextStep({
