@@ -165,6 +165,7 @@ export async function createApp(opts: AppOptions) {
     owner,
     taskMaxWaitMs: settings.taskMaxWaitMs,
     integrity: epoch ?? neverSuspect,
+    resendHorizonMs: 2 * settings.upstreamTimeoutMs,
     hooks: {
       audit,
       upstreamCall: (action, code, seconds) => {

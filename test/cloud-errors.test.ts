@@ -11,8 +11,10 @@ import {
   type CloudAction,
   type CloudErrorKind,
   type CloudErrorRow,
+  type Failure,
   nextStep,
   type NextStep,
+  retryPolicy,
   treatmentOfKind,
   UNKNOWN_CODE_ROW,
 } from "../src/core/cloud-errors.js";
@@ -175,17 +177,18 @@ describe("nextStep, the retry decision", () => {
   const failure = (code: string) => ({ upstreamCode: code, reason: code });
   const noAnswer = (reason: string) => ({ upstreamCode: undefined, reason });
   const answer: NextStep = { step: "answer" };
-  const backoff = (delayMs: number): NextStep => ({ step: "backoff", delayMs, thenWaitIdle: true });
+  const backoff = (delayMs: number, reconcile = true): NextStep => ({ step: "backoff", delayMs, reconcile });
+  /** random 1 → the largest jittered delay, i.e. the plain doubling. */
+  const attempt = (f: Failure, retries: number, timeLeftMs: number, random = 1) => ({
+    failure: f,
+    retries,
+    transientRetries: retries,
+    cloudCalls: retries + 1,
+    timeLeftMs,
+    random,
+  });
 
-  it.each<
-    [
-      what: string,
-      f: { upstreamCode: string | undefined; reason: string },
-      retries: number,
-      left: number,
-      step: NextStep,
-    ]
-  >([
+  it.each<[what: string, f: Failure, retries: number, left: number, step: NextStep]>([
     ["cloud rate limit", failure("RequestLimitExceeded"), 0, 5_000, { step: "penalize", penaltyMs: 1_000 }],
     // The limiter's wait for the next token is what the deadline bounds.
     [
@@ -195,14 +198,15 @@ describe("nextStep, the retry decision", () => {
       0,
       { step: "penalize", penaltyMs: 1_000 },
     ],
-    ["busy instance", failure("MutexOperation.TaskRunning"), 0, 5_000, { step: "wait-idle" }],
+    ["busy instance", failure("MutexOperation.TaskRunning"), 0, 5_000, backoff(400, false)],
     [
-      "busy instance, no cap on waits",
+      "busy instance, third retry",
       failure("OperationDenied.InstanceOperationInProgress"),
-      9,
-      Infinity,
-      { step: "wait-idle" },
+      2,
+      60_000,
+      backoff(1_600, false),
     ],
+    ["busy instance, cloud calls spent", failure("MutexOperation.TaskRunning"), 4, Infinity, answer],
     ["busy instance at the deadline", failure("MutexOperation.TaskRunning"), 0, 0, answer],
     ["resource in use", failure("ResourceInUse"), 0, 5_000, answer],
     ["5xx code, first retry", failure("InternalError"), 0, 10_000, backoff(400)],
@@ -220,18 +224,26 @@ describe("nextStep, the retry decision", () => {
     ["operator problem", failure("AuthFailure.SignatureFailure"), 0, 5_000, answer],
     ["not found", failure("InvalidInstanceId.NotFound"), 0, 5_000, answer],
     ["unknown code", failure("SomethingNew"), 0, 5_000, answer],
-  ])("%s", (_what, f, transientRetries, timeLeftMs, step) => {
-    expect(nextStep({ failure: f, transientRetries, timeLeftMs })).toEqual(step);
+  ])("%s", (_what, f, retries, timeLeftMs, step) => {
+    expect(nextStep(attempt(f, retries, timeLeftMs))).toEqual(step);
+  });
+
+  it("jitter: the delay lies between half and all of the doubled base, and spreads with the draw", () => {
+    const f = failure("MutexOperation.TaskRunning");
+    const low = nextStep(attempt(f, 1, Infinity, 0));
+    const high = nextStep(attempt(f, 1, Infinity, 0.999));
+    expect(low).toEqual(backoff(400, false));
+    expect(high.step === "backoff" && high.delayMs).toBe(800);
   });
 
   it.each([...cloudErrorTable, UNKNOWN_CODE_ROW].map((r): [string, CloudErrorRow] => [r.code, r]))(
     "over the table: row %s with time to spare takes its action's step",
     (_code, row) => {
       const code = sampleOf(row.code);
-      const step = nextStep({ failure: failure(code), transientRetries: 0, timeLeftMs: 60_000 }).step;
+      const step = nextStep(attempt(failure(code), 0, 60_000)).step;
       const stepOf: Record<CloudAction, NextStep["step"]> = {
         answer: "answer",
-        wait: "wait-idle",
+        wait: "backoff",
         retry: "backoff",
         penalize: "penalize",
       };
@@ -239,18 +251,20 @@ describe("nextStep, the retry decision", () => {
     },
   );
 
-  it("never sleeps past the deadline, and gives up on transient failures after a bounded total backoff", () => {
+  it("never sleeps past the deadline, never exceeds the cloud-call budget, bounded total backoff", () => {
     const codes = [...cloudErrorTable, UNKNOWN_CODE_ROW].map((r) => sampleOf(r.code));
     fc.assert(
       fc.property(
         fc.constantFrom(...codes),
         fc.nat(10),
         fc.oneof(fc.nat(100_000), fc.constant(Infinity)),
-        (code, transientRetries, timeLeftMs) => {
-          const step = nextStep({ failure: failure(code), transientRetries, timeLeftMs });
+        fc.double({ min: 0, max: 1, maxExcluded: true, noNaN: true }),
+        (code, retries, timeLeftMs, random) => {
+          const step = nextStep(attempt(failure(code), retries, timeLeftMs, random));
           if (step.step === "backoff") {
             expect(step.delayMs).toBeGreaterThan(0);
             expect(step.delayMs).toBeLessThanOrEqual(timeLeftMs);
+            expect(retries + 1).toBeLessThan(retryPolicy.maxCloudCalls);
           }
           if (timeLeftMs === 0) expect(["answer", "penalize"]).toContain(step.step);
         },
@@ -258,11 +272,11 @@ describe("nextStep, the retry decision", () => {
     );
     let total = 0;
     for (let n = 0; ; n += 1) {
-      const step = nextStep({ failure: failure("InternalError"), transientRetries: n, timeLeftMs: Infinity });
+      const step = nextStep(attempt(failure("MutexOperation.TaskRunning"), n, Infinity));
       if (step.step !== "backoff") break;
       total += step.delayMs;
     }
-    expect(total).toBe(400 + 800 + 1_600);
+    expect(total).toBe(400 + 800 + 1_600 + 3_200);
   });
 });
 
@@ -286,8 +300,8 @@ describe("the README's error tables agree with the table", () => {
       .slice(1);
   const actionWords: Record<CloudAction, string> = {
     answer: "answers at once",
-    wait: "waits until the instances are idle",
-    retry: "retries up to 3 times with backoff",
+    wait: "waits until the instances are idle, then resends; answers after 5 cloud calls",
+    retry: "retries up to 3 times with backoff (5 cloud calls at most), each after asking the cloud",
     penalize: "every replica holds off the bucket for 1 s",
   };
 

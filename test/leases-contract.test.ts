@@ -219,6 +219,46 @@ describe.each(backends)("Leases contract ($name)", (backend) => {
     await taken.release();
   });
 
+  it("says when an acquisition took over an EXPIRED lease (its task may still run), not a released one", async () => {
+    const [crashed] = await backend.replicas(1, { ttlMs: 150, renewEveryMs: 60_000 });
+    const [b] = await backend.replicas(1);
+    const scope = randomUUID();
+    const fresh = await b!.acquire(scope, ["ins-00000003"], { ...call(), owner: "r2" });
+    expect(fresh.tookOver).toBe(false);
+    await fresh.release();
+    const again = await b!.acquire(scope, ["ins-00000003"], { ...call(), owner: "r2" });
+    expect(again.tookOver).toBe(false);
+    await again.release();
+    // Never renewed: the holder "died" with the lease held.
+    const dead = await crashed!.acquire(scope, ["ins-00000001", "ins-00000003"], {
+      ...call(),
+      owner: "dead",
+    });
+    expect(dead.tookOver).toBe(false);
+    const taken = await b!.acquire(scope, ["ins-00000003"], { ...call(), owner: "r2" });
+    expect(taken.tookOver).toBe(true);
+    expect(taken.fence).toBeGreaterThan(dead.fence);
+    await taken.release();
+    // Released by its holder in between: no takeover.
+    const next = await b!.acquire(scope, ["ins-00000003"], { ...call(), owner: "r2" });
+    expect(next.tookOver).toBe(false);
+    await next.release();
+    await dead.release();
+  });
+
+  it("an expired lease blocks for at most its TTL, even while it is still remembered", async () => {
+    const [crashed] = await backend.replicas(1, { ttlMs: 300, renewEveryMs: 60_000 });
+    const [b] = await backend.replicas(1);
+    const scope = randomUUID();
+    const dead = await crashed!.acquire(scope, ["ins-00000001"], { ...call(), owner: "dead" });
+    const started = Date.now();
+    const taken = await b!.acquire(scope, ["ins-00000001"], { ...call(5_000), owner: "r2" });
+    expect(Date.now() - started).toBeLessThan(4_000);
+    expect(taken.tookOver).toBe(true);
+    await taken.release();
+    await dead.release();
+  });
+
   it("release is idempotent and never throws", async () => {
     const [a, b] = await backend.replicas(2);
     const scope = randomUUID();

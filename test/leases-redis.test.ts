@@ -3,6 +3,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { systemClock } from "../src/core/clock.js";
 import { isKeygateError } from "../src/core/errors.js";
 import { leasesOn, redisBackend } from "../src/backends.js";
+import { EXPIRED_LEASE_MEMORY_MS } from "../src/leases/lease-store.js";
 import { redisClients, whenReady } from "./support/redis-client.js";
 import { startRedis, type RedisProcess } from "./support/redis-server.js";
 
@@ -30,10 +31,17 @@ describe("Redis leases", () => {
       owner: "replica-1",
     });
     const key = `keygate:{${scope}}:lease:ins-0000000a`;
-    expect(await client.get(key)).toBe(`${h.fence}:replica-1`);
+    // "<expiresAt by Redis TIME>/<fence>:<owner>"; the key outlives the lease so that an expired
+    // lease can be told from a released one.
+    const [expiresAt, token] = (await client.get(key))?.split("/") ?? [];
+    expect(token).toBe(`${h.fence}:replica-1`);
+    const [sec = "0", micro = "0"] = await client.time();
+    const left = Number(expiresAt) - (Number(sec) * 1000 + Math.floor(Number(micro) / 1000));
+    expect(left).toBeGreaterThan(0);
+    expect(left).toBeLessThanOrEqual(30_000);
     const pttl = await client.pttl(key);
-    expect(pttl).toBeGreaterThan(0);
-    expect(pttl).toBeLessThanOrEqual(30_000);
+    expect(pttl).toBeGreaterThan(30_000);
+    expect(pttl).toBeLessThanOrEqual(30_000 + EXPIRED_LEASE_MEMORY_MS);
     expect(await client.get(`keygate:{${scope}}:lease-fence`)).toBe(String(h.fence));
     await h.release();
     expect(await client.exists(key, `keygate:{${scope}}:lease:ins-0000000b`)).toBe(0);

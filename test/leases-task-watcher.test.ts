@@ -244,5 +244,12 @@ describe("task watcher", () => {
     await clock.advance(500);
     expect(w.done).toBe(true);
     expect(w.error).toBeUndefined();
+    // The last view of each instance, for a caller that must know what it is sending onto.
+    expect(
+      w.value?.map((i) => [i.instanceId, i.latestOperationState, i.latestOperationRequestId]).sort(),
+    ).toEqual([
+      ["ins-00000001", "FAILED", "console"],
+      ["ins-00000002", null, null],
+    ]);
   });
 });

@@ -71,13 +71,15 @@ describe("the cloud failing", () => {
     expect(associates().length).toBeLessThanOrEqual(4);
   });
 
-  it("a reply lost after the cloud applied it: keygate waits for its own task before resending (no MutexOperation)", async () => {
+  it("a reply lost after the cloud applied it: keygate asks the cloud instead of resending (one apply, its request id)", async () => {
     emulator.faults.set({ rules: [{ kind: "lostReply", action: "AssociateInstancesKeyPairs", next: 1 }] });
+    const applied = emulator.stats.applies.length;
     const res = await client().associateKeyPairs(request("ins-gz000001"), { headers, timeoutMs: 20_000 });
     expect(res.instances[0]?.state).toBe("SUCCESS");
-    const outcomes = associates().map((a) => a.outcome);
-    expect(outcomes).not.toContain("MutexOperation.TaskRunning");
-    expect(outcomes.at(-1)).toBe("OK");
+    expect(associates()).toHaveLength(1);
+    const applies = emulator.stats.applies.slice(applied);
+    expect(applies).toHaveLength(1);
+    expect(res.requestId).toBe(applies[0]?.requestId);
   });
 
   it("a hanging cloud → UPSTREAM_TIMEOUT once the retries are spent, within the caller's deadline", async () => {

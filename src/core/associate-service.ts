@@ -11,6 +11,7 @@ import type {
   Execution,
   InstanceLookup,
   Leases,
+  LeaseHandle,
   Operations,
   PolicyGate,
   RateLimiter,
@@ -19,7 +20,8 @@ import type {
   Tenant,
   Upstream,
 } from "./ports.js";
-import { nextStep } from "./cloud-errors.js";
+import { isTransientUpstream, mayHaveReachedUpstream, nextStep } from "./cloud-errors.js";
+import { reconcile, type SendHistory } from "./reconcile.js";
 import { fingerprintOf } from "./fingerprint.js";
 import { validateRequest } from "./validate.js";
 
@@ -53,9 +55,23 @@ export interface AssociateServiceOptions {
   owner: string;
   /** Upper bound for the task watch that keeps leases after the call returned. */
   taskMaxWaitMs: number;
+  /**
+   * How long after a send started an original may still reach the cloud; a resend after an
+   * uncertain outcome waits at least this long (docs/decisions/operation-lifecycle.md). Default 20 s.
+   */
+  resendHorizonMs?: number;
   /** Whether the shared store may have lost its data (src/store/epoch.ts). Default `neverSuspect`. */
   integrity?: StoreIntegrity | undefined;
+  /** Jitter source for retry backoff. */
+  random?: () => number;
   hooks?: AssociateHooks;
+}
+
+/** How one execution's cloud call ended. */
+interface Sent {
+  requestId: string;
+  /** Set when a reconcile found the call applied: the instances are idle, nothing to watch. */
+  settled?: AssociateResult["instances"];
 }
 
 export interface AssociateCall extends CallOptions {
@@ -73,6 +89,9 @@ const DENIALS: ReadonlySet<string> = new Set(["unauthenticated", "permission_den
 export function createAssociateService(opts: AssociateServiceOptions) {
   const { clock, upstream, limiter, leases, operations, policy, lookup, tasks, bucket, scope, owner } = opts;
   const hooks = opts.hooks ?? {};
+  const integrity: StoreIntegrity = opts.integrity ?? { suspect: () => false };
+  const random = opts.random ?? Math.random;
+  const reconcileDeps = { clock, tasks, resendHorizonMs: opts.resendHorizonMs ?? 20_000 };
   /** Leases held after an answer until the cloud task ends; awaited on drain. */
   const background = new Set<Promise<void>>();
   const backgroundAbort = new AbortController();
@@ -161,7 +180,7 @@ export function createAssociateService(opts: AssociateServiceOptions) {
     waitForCompletion: boolean,
     call: AssociateCall,
     entry: AuditEntry,
-    _execution: Execution,
+    execution: Execution,
   ): Promise<AssociateResult> {
     crashPoint("after-claim");
     const leaseStart = clock.now();
@@ -172,13 +191,22 @@ export function createAssociateService(opts: AssociateServiceOptions) {
     let handedOff = false;
     try {
       const signal = AbortSignal.any([call.signal, lease.lost]);
-      const requestId = await callWithRetries(tenant, input, { signal, deadline: call.deadline }, entry);
+      const opts = { signal, deadline: call.deadline };
+      const sent = await send(
+        tenant,
+        input,
+        call.request.idempotencyKey !== "",
+        lease,
+        execution,
+        opts,
+        entry,
+      );
+      const { requestId } = sent;
       entry.upstreamRequestId = requestId;
+      if (sent.settled)
+        return { requestId, deduplicated: false, instances: waitForCompletion ? sent.settled : [] };
       if (waitForCompletion) {
-        const instances = await tasks.waitForTasks(input.region, input.instanceIds, requestId, {
-          signal,
-          deadline: call.deadline,
-        });
+        const instances = await tasks.waitForTasks(input.region, input.instanceIds, requestId, opts);
         return { requestId, deduplicated: false, instances };
       }
       // The cloud task outlives the call: keep the instances leased until it ends (G3).
@@ -190,6 +218,43 @@ export function createAssociateService(opts: AssociateServiceOptions) {
     } finally {
       if (!handedOff) await lease.release().catch((e: unknown) => hooks.backgroundError?.(e, call.requestId));
     }
+  }
+
+  /**
+   * Gets the operation applied at most once: follows what an earlier executor left, reconciles
+   * before any resend whose predecessor may have reached the cloud, and checks the instances are
+   * idle when the lease or the store cannot be trusted.
+   */
+  async function send(
+    tenant: Tenant,
+    input: AssociateInput,
+    hasIdempotencyKey: boolean,
+    lease: LeaseHandle,
+    execution: Execution,
+    call: CallOptions,
+    entry: AuditEntry,
+  ): Promise<Sent> {
+    const inherited = execution.inherited;
+    // The vanished executor's call was accepted: its task is the operation; never send again.
+    if (inherited?.phase === "sent" && inherited.requestId) return { requestId: inherited.requestId };
+    let history: SendHistory | undefined;
+    if (inherited) {
+      history = { sentAt: inherited.sentAt, requestIds: inherited.requestId ? [inherited.requestId] : [] };
+    } else if (integrity.suspect() && hasIdempotencyKey) {
+      // The store may have lost this key's record: the key's first call may have been applied.
+      history = { sentAt: 0, requestIds: [] };
+    }
+    // An expired lease's holder may still have a task running on the instances.
+    let checkIdle = lease.tookOver === true;
+    return callWithRetries(tenant, input, call, entry, {
+      execution,
+      history,
+      checkIdle: () => {
+        const c = checkIdle || integrity.suspect();
+        checkIdle = false;
+        return c;
+      },
+    });
   }
 
   async function holdUntilTaskEnds(
@@ -215,41 +280,80 @@ export function createAssociateService(opts: AssociateServiceOptions) {
     input: AssociateInput,
     call: CallOptions,
     entry: AuditEntry,
-  ): Promise<string> {
+    state: { execution: Execution; history: SendHistory | undefined; checkIdle: () => boolean },
+  ): Promise<Sent> {
+    const { execution } = state;
+    /** Set while an earlier send may have reached the cloud: reconcile before sending again. */
+    let uncertain = state.history;
+    const requestIds = [...(uncertain?.requestIds ?? [])];
+    let retries = 0;
     let transient = 0;
     /** The cloud's answer that made us retry: what the caller hears if time runs out while retrying. */
     let retrying: KeygateError | undefined;
     const orLast = (err: unknown): never => {
       throw retrying && outOfTime(err, call) ? retrying : err;
     };
+    if (uncertain) await execution.mark("uncertain", { sentAt: uncertain.sentAt });
     for (;;) {
+      if (uncertain) {
+        const verdict = await reconcile(reconcileDeps, input, { ...uncertain, requestIds }, call).catch(
+          orLast,
+        );
+        if (verdict.applied) {
+          await execution.mark("sent", { requestId: verdict.requestId });
+          return { requestId: verdict.requestId, settled: verdict.instances };
+        }
+        uncertain = undefined;
+        state.checkIdle(); // reconciling waited until idle
+      } else if (state.checkIdle()) {
+        const infos = await tasks.waitUntilIdle(input.region, input.instanceIds, call).catch(orLast);
+        const idle = new Set(
+          infos.filter((i) => i.latestOperationState !== "OPERATING").map((i) => i.instanceId),
+        );
+        const busy = input.instanceIds.find((id) => !idle.has(id));
+        if (busy !== undefined) {
+          throw retrying ?? keygateError("INSTANCE_BUSY", `instance ${busy} is still busy with a cloud task`);
+        }
+      }
       // Every attempt, first or retry, spends a token (G1).
       const grant = await limiter
         .acquire({ bucket, tenant: tenant.name, weight: tenant.weight, ...call })
         .catch(orLast);
       entry.limiterWaitMs += grant.waitedMs;
       if (grant.sendBy !== undefined && clock.now() > grant.sendBy) continue;
+      const sentAt = clock.now();
+      // Rejected = another executor took the operation over: it, not we, may send.
+      await execution.mark("sending", { sentAt });
       entry.attempts += 1;
-      const t0 = clock.now();
       try {
         crashPoint("before-send");
         const { requestId } = await upstream.associateInstancesKeyPairs(input, call);
         crashPoint("after-send");
-        hooks.upstreamCall?.("AssociateInstancesKeyPairs", "OK", (clock.now() - t0) / 1000);
-        return requestId;
+        hooks.upstreamCall?.("AssociateInstancesKeyPairs", "OK", (clock.now() - sentAt) / 1000);
+        // Not recorded = a peer took over; it reconciles and finds this call applied.
+        await execution.mark("sent", { requestId }).catch(() => undefined);
+        return { requestId };
       } catch (err) {
         const e = asKeygateError(err, call);
         hooks.upstreamCall?.(
           "AssociateInstancesKeyPairs",
           e.upstreamCode ?? e.reason,
-          (clock.now() - t0) / 1000,
+          (clock.now() - sentAt) / 1000,
         );
         entry.upstreamCode = e.upstreamCode;
         entry.upstreamRequestId = e.upstreamRequestId;
+        if (mayHaveReachedUpstream(e)) {
+          // A coded answer shows the request arrived: nothing of it is still on its way.
+          uncertain = { sentAt: e.upstreamCode === undefined ? sentAt : 0, requestIds };
+          await execution.mark("uncertain", { sentAt }).catch(orLast);
+        }
         const step = nextStep({
           failure: e,
+          retries,
           transientRetries: transient,
+          cloudCalls: entry.attempts,
           timeLeftMs: hasTimeLeft(call) ? remaining(call) : 0,
+          random: random(),
         });
         switch (step.step) {
           case "penalize":
@@ -257,22 +361,28 @@ export function createAssociateService(opts: AssociateServiceOptions) {
             retrying = undefined;
             await limiter.penalize(bucket, step.penaltyMs);
             continue;
-          case "wait-idle":
-            // A task started outside keygate (a person in the console): retry once it is idle.
-            retrying = e;
-            await tasks.waitUntilIdle(input.region, input.instanceIds, call).catch(orLast);
-            if (!hasTimeLeft(call)) throw e;
-            continue;
           case "backoff":
-            transient += 1;
+            retries += 1;
+            if (isTransientUpstream(e)) transient += 1;
             retrying = e;
             await clock.sleep(step.delayMs, call.signal).catch(orLast);
-            // A timed-out call may have reached the cloud and started a task: wait it out before resending.
-            if (step.thenWaitIdle) {
+            // Busy: another task runs; wait it out (a reconcile waits too).
+            if (!uncertain) {
               await tasks.waitUntilIdle(input.region, input.instanceIds, call).catch(orLast);
+              if (!hasTimeLeft(call)) throw e;
             }
             continue;
           case "answer":
+            // An uncertain last send: the cloud may have applied it, ask before saying it failed.
+            if (uncertain && hasTimeLeft(call)) {
+              const verdict = await reconcile(reconcileDeps, input, { ...uncertain, requestIds }, call).catch(
+                () => undefined,
+              );
+              if (verdict?.applied) {
+                await execution.mark("sent", { requestId: verdict.requestId }).catch(() => undefined);
+                return { requestId: verdict.requestId, settled: verdict.instances };
+              }
+            }
             throw e;
         }
       }

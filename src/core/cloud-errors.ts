@@ -239,48 +239,65 @@ export const isTransientUpstream = (f: Failure): boolean => actionFor(f) === "re
  */
 export const mayHaveReachedUpstream = (f: Failure): boolean => isTransientUpstream(f);
 
-/** The numbers of the retry decision. */
+/** The numbers of the retry decision (README "When things are down"). */
 export const retryPolicy = {
   /** How long every replica holds off the bucket after the cloud's own rate limit. */
   penaltyMs: 1_000,
-  /** Backoff retries of transient failures per call (every retry spends a token). */
+  /**
+   * AssociateInstancesKeyPairs calls one request may cause at most, first attempt included; each
+   * spends a token, so a request the cloud keeps refusing cannot eat everybody's quota.
+   */
+  maxCloudCalls: 5,
+  /** Backoff retries of transient failures per call (within `maxCloudCalls`). */
   maxTransientRetries: 3,
-  /** The first backoff; it doubles with each retry. */
+  /** The first backoff; it doubles with each retry, with jitter. */
   backoffBaseMs: 400,
+  /** No backoff grows beyond this. */
+  backoffMaxMs: 5_000,
 } as const;
 
 export type NextStep =
   | { step: "answer" }
   | { step: "penalize"; penaltyMs: number }
-  | { step: "wait-idle" }
-  | { step: "backoff"; delayMs: number; thenWaitIdle: boolean };
+  /**
+   * Sleep `delayMs`, wait until the instances are idle, and resend; but reconcile first when the
+   * failed send may have reached the cloud.
+   */
+  | { step: "backoff"; delayMs: number; reconcile: boolean };
 
 export interface FailedAttempt {
   failure: Failure;
-  /** Backoff retries this call already made. */
+  /** Backoff retries this call already made (busy and transient alike). */
+  retries: number;
+  /** Of those, retries after a transient failure. */
   transientRetries: number;
+  /** AssociateInstancesKeyPairs calls this request already caused (the failed one included). */
+  cloudCalls: number;
   /** Until the caller's deadline: 0 once it passed or the caller left, Infinity without one. */
   timeLeftMs: number;
+  /** A uniform draw in [0, 1) for the jitter (injected so the decision stays pure). */
+  random: number;
 }
 
 const ANSWER: NextStep = { step: "answer" };
 
+/** Exponential backoff with "equal jitter": half fixed, half random, so retries of many callers spread. */
+export function backoffDelay(retries: number, random: number): number {
+  const full = Math.min(retryPolicy.backoffBaseMs * 2 ** retries, retryPolicy.backoffMaxMs);
+  return Math.round(full / 2 + (full / 2) * random);
+}
+
 /** Pure: the retry decision after a failed attempt. */
 export function nextStep(a: FailedAttempt): NextStep {
-  switch (actionFor(a.failure)) {
-    case "penalize":
-      // No time check: the limiter's own wait is bounded by the deadline.
-      return { step: "penalize", penaltyMs: retryPolicy.penaltyMs };
-    case "wait":
-      return a.timeLeftMs > 0 ? { step: "wait-idle" } : ANSWER;
-    case "retry":
-      if (a.timeLeftMs <= 0 || a.transientRetries >= retryPolicy.maxTransientRetries) return ANSWER;
-      return {
-        step: "backoff",
-        delayMs: Math.min(retryPolicy.backoffBaseMs * 2 ** a.transientRetries, a.timeLeftMs),
-        thenWaitIdle: mayHaveReachedUpstream(a.failure),
-      };
-    case "answer":
-      return ANSWER;
-  }
+  const action = actionFor(a.failure);
+  if (action === "answer") return ANSWER;
+  // Penalties do not count: the limiter, not the request, decides when the next token comes.
+  if (action === "penalize") return { step: "penalize", penaltyMs: retryPolicy.penaltyMs };
+  if (a.timeLeftMs <= 0 || a.cloudCalls >= retryPolicy.maxCloudCalls) return ANSWER;
+  if (action === "retry" && a.transientRetries >= retryPolicy.maxTransientRetries) return ANSWER;
+  return {
+    step: "backoff",
+    delayMs: Math.min(backoffDelay(a.retries, a.random), a.timeLeftMs),
+    reconcile: action === "retry" && mayHaveReachedUpstream(a.failure),
+  };
 }

@@ -70,6 +70,11 @@ export interface LeaseHandle {
   readonly fence: number;
   /** Aborts if the lease was lost (could not be renewed). */
   readonly lost: AbortSignal;
+  /**
+   * True when this acquisition took over a lease that EXPIRED (its holder stalled or crashed, and
+   * its cloud task may still run), not one that was released: check the instances before sending.
+   */
+  readonly tookOver?: boolean;
   release(): Promise<void>;
 }
 
@@ -179,8 +184,11 @@ export interface TaskWatcher {
     requestId: string,
     opts: CallOptions,
   ): Promise<InstanceOutcome[]>;
-  /** Resolves when none of the instances is OPERATING. */
-  waitUntilIdle(region: string, instanceIds: string[], opts: CallOptions): Promise<void>;
+  /**
+   * Resolves when none of the instances is OPERATING (or at the time limit), with the last
+   * DescribeInstances view of each instance that could be read.
+   */
+  waitUntilIdle(region: string, instanceIds: string[], opts: CallOptions): Promise<InstanceInfo[]>;
 }
 
 /** One structured line per decision (G7). */

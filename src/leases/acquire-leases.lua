@@ -14,9 +14,14 @@
   ARGV[4]          waiter id (unique per acquire call)
   ARGV[5]          '1' to reserve when busy, '0' not to
   ARGV[6]          reservation TTL in milliseconds
+  ARGV[7]          how long an expired lease is remembered after its expiry (ms)
 
-  Returns {1, fence} when taken, or {0, i, pttl}: instance i (1-based) is held or reserved by
-  someone else for another pttl ms.
+  A lease's value is "<expiresAt ms>/<fence>:<owner>", timed by Redis TIME. The key itself lives
+  ARGV[7] longer than the lease, so an acquirer can tell a lease that EXPIRED (its holder stalled
+  or died, its cloud task may still run) from one that was released (the key is deleted).
+
+  Returns {1, fence, tookOver} when taken (tookOver 1 when an expired lease was taken over), or
+  {0, i, pttl}: instance i (1-based) is held or reserved by someone else for another pttl ms.
 ]]
 local n = (#KEYS - 1) / 2
 local since = tonumber(ARGV[3])
@@ -28,11 +33,20 @@ local function older(ticket)
   return s < since or (s == since and id < ARGV[4])
 end
 
-local busy, pttl = 0, -1
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+
+local busy, pttl, tookOver = 0, -1, 0
 for i = 1, n do
-  if redis.call('EXISTS', KEYS[1 + i]) == 1 then
-    busy, pttl = i, redis.call('PTTL', KEYS[1 + i])
-    break
+  local v = redis.call('GET', KEYS[1 + i])
+  if v then
+    local exp = tonumber(string.match(v, '^(%d+)/'))
+    if exp and exp <= now then
+      tookOver = 1
+    else
+      busy, pttl = i, exp and (exp - now) or redis.call('PTTL', KEYS[1 + i])
+      break
+    end
   end
 end
 if busy == 0 then
@@ -58,11 +72,12 @@ if busy > 0 then
 end
 
 local fence = redis.call('INCR', KEYS[1])
-local token = fence .. ':' .. ARGV[1]
+local value = (now + tonumber(ARGV[2])) .. '/' .. fence .. ':' .. ARGV[1]
+local keep = tonumber(ARGV[2]) + tonumber(ARGV[7])
 for i = 1, n do
-  redis.call('SET', KEYS[1 + i], token, 'PX', ARGV[2])
+  redis.call('SET', KEYS[1 + i], value, 'PX', keep)
   if redis.call('GET', KEYS[1 + n + i]) == me then
     redis.call('DEL', KEYS[1 + n + i])
   end
 end
-return {1, fence}
+return {1, fence, tookOver}

@@ -9,7 +9,8 @@ export interface LeaseStore {
   readonly releases?: ReleaseFeed;
   /**
    * All or none: when no id of `instanceIds` is held (nor reserved by an older waiter), takes
-   * every one with a fresh fence and value `leaseToken(fence, owner)`; otherwise takes nothing,
+   * every one with a fresh fence and value `leaseToken(fence, owner)`, and says whether any of them
+   * was an expired lease rather than a released (or never held) one; otherwise takes nothing,
    * reserves the ids when `waiter.reserve` (see `Waiter`), and says which id is busy and for how
    * long it is still held (ms, -1 when unknown).
    */
@@ -60,7 +61,14 @@ function splitTicket(t: string): [number, string] {
 }
 
 export type TryAcquireResult =
-  { ok: true; fence: number } | { ok: false; busyInstanceId: string; heldForMs: number };
+  { ok: true; fence: number; tookOver: boolean } | { ok: false; busyInstanceId: string; heldForMs: number };
+
+/**
+ * How long a store remembers a lease after it expired (unless it is released), so that the next
+ * acquirer knows it takes over an abandoned lease (`tookOver`) whose cloud task may still run.
+ * Longer than a task watch lasts (KEYGATE_TASK_MAX_WAIT_MS, 120 s by default).
+ */
+export const EXPIRED_LEASE_MEMORY_MS = 180_000;
 
 /** The value stored in each lease key: unique per acquisition because the fence is. */
 export function leaseToken(fence: number, owner: string): string {

@@ -9,12 +9,13 @@ export interface LeasesOptions {
   store: LeaseStore;
   clock: Clock;
   /**
-   * How long a lease lives without renewal: the time a crashed replica's instances stay blocked.
-   * Long enough to ride out a Redis failover or a GC pause, short enough that a dead replica
-   * does not stall its instances for long.
+   * How long a lease lives without renewal: the most a crashed or stalled holder (or a lease SET
+   * that Redis ran after its client gave up) blocks its instances. Short, because an acquirer that
+   * takes over an expired lease checks with the cloud that the instances are idle before sending
+   * (docs/decisions/leases.md). Default 5 s.
    */
   ttlMs?: number;
-  /** Renewal period; a third of the TTL leaves two chances before expiry. */
+  /** Renewal period; default 1.5 s, so two renewals can fail before the lease expires. */
   renewEveryMs?: number;
   /** Bounds a wait when the caller gave no deadline, so a waiter never hangs forever. */
   maxWaitMs?: number;
@@ -36,14 +37,17 @@ export interface LeasesOptions {
   random?: () => number;
 }
 
+/** The lease TTL (docs/decisions/leases.md). */
+export const DEFAULT_LEASE_TTL_MS = 5_000;
+
 /**
  * Per-instance leases over a `LeaseStore`: all-or-none acquisition with retry until the
  * deadline, background renewal while held, and release that only deletes what is still ours.
  */
 export function createLeases(options: LeasesOptions): Leases {
   const { store, clock } = options;
-  const ttlMs = options.ttlMs ?? 30_000;
-  const renewEveryMs = options.renewEveryMs ?? Math.floor(ttlMs / 3);
+  const ttlMs = options.ttlMs ?? DEFAULT_LEASE_TTL_MS;
+  const renewEveryMs = options.renewEveryMs ?? Math.min(1_500, Math.floor(ttlMs / 3));
   const maxWaitMs = options.maxWaitMs ?? 180_000;
   const retryMinMs = options.retryMinMs ?? 10;
   const retryMaxMs = options.retryMaxMs ?? 250;
@@ -78,7 +82,7 @@ export function createLeases(options: LeasesOptions): Leases {
         const r = await guarded("acquire leases", () =>
           store.tryAcquire(scope, ids, opts.owner, ttlMs, waiter),
         );
-        if (r.ok) return hold(scope, ids, leaseToken(r.fence, opts.owner), r.fence);
+        if (r.ok) return hold(scope, ids, leaseToken(r.fence, opts.owner), r.fence, r.tookOver);
         const left = giveUpAt - clock.now();
         const busy = (why: string) =>
           keygateError(
@@ -123,7 +127,7 @@ export function createLeases(options: LeasesOptions): Leases {
     }
   }
 
-  function hold(scope: string, ids: string[], token: string, fence: number): LeaseHandle {
+  function hold(scope: string, ids: string[], token: string, fence: number, tookOver: boolean): LeaseHandle {
     const lost = new AbortController();
     const stopped = new AbortController();
     let confirmedAt = clock.now();
@@ -161,6 +165,7 @@ export function createLeases(options: LeasesOptions): Leases {
     return {
       fence,
       lost: lost.signal,
+      tookOver,
       release() {
         // Never throws: a lease that could not be deleted runs out by its TTL.
         released ??= (async () => {

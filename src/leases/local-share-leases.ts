@@ -85,6 +85,7 @@ export function createLocalShareLeases(options: LocalShareLeasesOptions): LocalS
     return {
       fence: shared?.fence ?? local.fence,
       lost: lost.signal,
+      tookOver: local.tookOver === true || shared?.tookOver === true,
       release() {
         released ??= (async () => {
           local.lost.removeEventListener("abort", onLocalLost);

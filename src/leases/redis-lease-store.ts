@@ -1,13 +1,25 @@
 import { systemClock } from "../core/clock.js";
 import type { RedisClient } from "../store/redis.js";
 import type { Clock } from "../core/clock.js";
-import { fenceKey, leaseKey, reservationKey, ticketOf, type LeaseStore } from "./lease-store.js";
+import {
+  EXPIRED_LEASE_MEMORY_MS,
+  fenceKey,
+  leaseKey,
+  reservationKey,
+  ticketOf,
+  type LeaseStore,
+} from "./lease-store.js";
 import { defineVariadicScript } from "../store/scripts.js";
 import { createRedisReleaseFeed, releaseChannel } from "./release-feed.js";
 
 /** Leases in Redis, shared by every replica; each step is one Lua script (atomic, one slot). */
-export function createRedisLeaseStore(options: { client: RedisClient; clock?: Clock }): LeaseStore {
+export function createRedisLeaseStore(options: {
+  client: RedisClient;
+  clock?: Clock;
+  expiredMemoryMs?: number;
+}): LeaseStore {
   const { client } = options;
+  const keepMs = options.expiredMemoryMs ?? EXPIRED_LEASE_MEMORY_MS;
   const releases = createRedisReleaseFeed(client, options.clock ?? systemClock);
   const acquire = defineVariadicScript(
     client,
@@ -36,9 +48,9 @@ export function createRedisLeaseStore(options: { client: RedisClient; clock?: Cl
     async tryAcquire(scope, instanceIds, owner, ttlMs, w) {
       const reply = (await acquire(
         [fenceKey(scope), ...keys(scope, instanceIds), ...instanceIds.map((id) => reservationKey(scope, id))],
-        [owner, ttlMs, w.since, w.id, w.reserve ? "1" : "0", w.reserveMs],
+        [owner, ttlMs, w.since, w.id, w.reserve ? "1" : "0", w.reserveMs, keepMs],
       )) as number[];
-      if (reply[0] === 1) return { ok: true, fence: Number(reply[1]) };
+      if (reply[0] === 1) return { ok: true, fence: Number(reply[1]), tookOver: reply[2] === 1 };
       const busy = instanceIds[Number(reply[1]) - 1] ?? "";
       return { ok: false, busyInstanceId: busy, heldForMs: Number(reply[2]) };
     },
@@ -51,7 +63,7 @@ export function createRedisLeaseStore(options: { client: RedisClient; clock?: Cl
     },
     async renew(scope, instanceIds, token, ttlMs) {
       if (instanceIds.length === 0) return true;
-      return (await renew(keys(scope, instanceIds), [token, ttlMs])) === 1;
+      return (await renew(keys(scope, instanceIds), [token, ttlMs, keepMs])) === 1;
     },
     async release(scope, instanceIds, token) {
       if (instanceIds.length === 0) return;

@@ -107,13 +107,13 @@ export function createTaskWatcher(options: TaskWatcherOptions): TaskWatcher {
       );
     },
     async waitUntilIdle(region, instanceIds, opts) {
-      // Resolves at the time limit too: the caller then retries and gets the upstream's own answer.
-      await poll(
-        region,
-        [...new Set(instanceIds)],
-        opts,
-        (info) => info.latestOperationState !== "OPERATING",
-      );
+      // Resolves at the time limit too: the caller decides what a still busy instance means.
+      const last = new Map<string, InstanceInfo>();
+      await poll(region, [...new Set(instanceIds)], opts, (info) => {
+        last.set(info.instanceId, info);
+        return info.latestOperationState !== "OPERATING";
+      });
+      return [...last.values()];
     },
   };
 }
