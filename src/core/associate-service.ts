@@ -324,6 +324,9 @@ export function createAssociateService(opts: AssociateServiceOptions) {
       const sentAt = clock.now();
       // Rejected = another executor took the operation over: it, not we, may send.
       await execution.mark("sending", { sentAt });
+      // The mark is a store round trip: a grant it made late is dropped like any late grant (G1).
+      // The record keeps "sending", which only makes a takeover reconcile first.
+      if (grant.sendBy !== undefined && clock.now() > grant.sendBy) continue;
       entry.attempts += 1;
       try {
         crashPoint("before-send");

@@ -43,8 +43,8 @@ export interface StoreEpoch extends StoreIntegrity {
  * Detects that the shared store lost its data (docs/decisions/operation-lifecycle.md, "Store data
  * loss"): every new connection is suspect until it has read the epoch this replica knew; a missing
  * or different epoch keeps the store suspect until the rebuild window has passed. A replica that
- * starts without knowing an epoch trusts one older than the window and is suspect otherwise (a
- * fresh deployment cannot be told from a loss). One key, so it works on Cluster and Sentinel alike.
+ * starts without knowing an epoch trusts what it finds. One key, so it works on Cluster and
+ * Sentinel alike.
  */
 export function createStoreEpoch(options: StoreEpochOptions): StoreEpoch {
   const { client, clock } = options;
@@ -83,7 +83,10 @@ export function createStoreEpoch(options: StoreEpochOptions): StoreEpoch {
     const now = clock.now();
     const createdAt = Number(String(value).split(":").pop());
     const age = Number.isFinite(createdAt) ? Math.max(0, redisNow - createdAt) : 0;
-    const lost = created === 1 || (known !== undefined && value !== known);
+    // Only a replica that knew an epoch can tell a loss. One that starts without knowing one takes
+    // what it finds (or creates) as the truth: a first deployment is not treated as a loss, as that
+    // would slow every send for the whole window (docs/decisions.md, "A hung or emptied store").
+    const lost = known !== undefined && (created === 1 || value !== known);
     if (lost) {
       rebuiltAt = now + options.rebuildMs - age;
       // Only the connection that ended a long refusing outage may skip the hold-off.
@@ -94,7 +97,7 @@ export function createStoreEpoch(options: StoreEpochOptions): StoreEpoch {
         /* as above */
       }
     } else if (known === undefined) {
-      rebuiltAt = now + options.rebuildMs - age;
+      rebuiltAt = -Infinity;
     }
     known = value;
     verified = true;
