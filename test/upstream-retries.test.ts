@@ -74,7 +74,10 @@ describe("the cloud failing", () => {
   it("a reply lost after the cloud applied it: keygate asks the cloud instead of resending (one apply, its request id)", async () => {
     emulator.faults.set({ rules: [{ kind: "lostReply", action: "AssociateInstancesKeyPairs", next: 1 }] });
     const applied = emulator.stats.applies.length;
-    const res = await client().associateKeyPairs(request("ins-gz000001"), { headers, timeoutMs: 20_000 });
+    const res = await client().associateKeyPairs(
+      { ...request("ins-gz000001"), keyIds: ["skey-aaaaaaaa", "skey-bbbbbbbb"] },
+      { headers, timeoutMs: 20_000 },
+    );
     expect(res.instances[0]?.state).toBe("SUCCESS");
     expect(associates()).toHaveLength(1);
     const applies = emulator.stats.applies.slice(applied);
