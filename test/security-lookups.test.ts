@@ -253,13 +253,14 @@ describe("waiters on one instance are bounded and notified (issue 9, row 15)", (
     expect(refused.length).toBe(199 - 16);
     expect(refused.every((a) => a.code === Code.Aborted)).toBe(true);
 
-    // While the 16 wait for the lease: a handful of commands (the task watch's limiter script,
-    // about 7 commands a second), not thousands.
+    // While the 16 wait for the lease: each keeps its own operation's claim alive (about one
+    // renewal a second), plus the store watchdog's probe and the task watch's limiter script —
+    // some dozens of commands a second, not the thousands that polling cost.
     const before = await commandsProcessed();
     const t0 = Date.now();
     await new Promise((r) => setTimeout(r, 1_000));
     const rate = ((await commandsProcessed()) - before) / ((Date.now() - t0) / 1000);
-    expect(rate).toBeLessThan(40);
+    expect(rate).toBeLessThan(150);
 
     // The first task ends, its lease is released, and a waiter's associate follows within seconds.
     const until2 = Date.now() + 30_000;

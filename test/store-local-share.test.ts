@@ -200,11 +200,13 @@ describe("local-share: Redis goes down and comes back", () => {
     // Coalescing on one replica: one execution, three joiners.
     expect(new Set(same.map((r) => r.requestId)).size).toBe(1);
     expect(same.filter((r) => r.deduplicated)).toHaveLength(3);
-    // Idempotency on one replica; the other replica does not know the key (the documented price).
+    // Idempotency on one replica. The other replica does not know the key, but with the store out
+    // of reach it asks the cloud first: the keys are bound, so it answers with the first call's
+    // request id instead of applying again.
     expect(again.requestId).toBe(first.requestId);
     expect(again.deduplicated).toBe(true);
-    expect(elsewhere.requestId).not.toBe(first.requestId);
-    expect(elsewhere.deduplicated).toBe(false);
+    expect(elsewhere.requestId).toBe(first.requestId);
+    expect(emulator.stats.applies.filter((a) => a.requestId === elsewhere.requestId)).toHaveLength(1);
     // Readiness never dropped, and the mode change was logged.
     expect(readiness.length).toBeGreaterThan(0);
     expect(readiness.every((s) => s === Status.SERVING)).toBe(true);
