@@ -33,7 +33,13 @@ let gateways: TestGateway[] = [];
 let store: RedisClient;
 
 beforeAll(async () => {
-  fleet = await startLimitFleet({ replicas: 3, instances: INSTANCES });
+  // The load tenant's policy selects by tag: without its lookup budget, its calls reach the token
+  // queue as fast as they come, which is what these tests need to build a queue.
+  fleet = await startLimitFleet({
+    replicas: 3,
+    instances: INSTANCES,
+    env: { KEYGATE_LOOKUP_RATE_PER_TENANT: "0" },
+  });
   ({ emulator, gateways } = fleet);
   store = await whenReady(createRedis(fleet.redis.url));
 });
