@@ -85,7 +85,10 @@ export function createOperations(options: OperationsOptions): Operations {
       }
       const c = await guarded("coalescing", () =>
         store.claim(op.fingerprint, token, { claimTtlMs, recordTtlMs }),
-      );
+      ).catch((e: unknown) => {
+        forgetLater(op.fingerprint, token, e);
+        throw e;
+      });
       if (c.state === "finished") return answerWith(c.outcome, idemKey, op.fingerprint);
       if (c.state === "claimed") {
         const stored = idemKey !== undefined ? await reread(op.fingerprint, idemKey, token) : undefined;
@@ -137,6 +140,30 @@ export function createOperations(options: OperationsOptions): Operations {
       throw e;
     }
     return undefined;
+  }
+
+  /**
+   * A claim whose answer never came (the store hung, the connection was dropped) may still be
+   * written when the store resumes: Redis runs the commands it had buffered. Give it back once the
+   * store answers again, a few times over a second since the buffered claim may land after the
+   * first give-back, so it does not hold identical calls for its whole TTL. Fenced by the token:
+   * it never touches another caller's claim.
+   */
+  function forgetLater(fingerprint: string, token: string, cause: unknown): void {
+    const outcome = encodeOutcome(failureOutcome(cause));
+    const opts = { final: false, resultTtlMs, joinWindowMs };
+    void (async () => {
+      let given = 0;
+      for (let attempt = 0; attempt < 60 && given < 3 && !closed; attempt++) {
+        try {
+          await store.finish(fingerprint, token, outcome, opts);
+          given++;
+        } catch {
+          /* still unreachable: try again */
+        }
+        await clock.sleep(given > 0 ? 400 : 250).catch(() => undefined);
+      }
+    })();
   }
 
   function giveBack(fingerprint: string, token: string, outcome: Outcome): Promise<void> {
@@ -238,6 +265,7 @@ export function createOperations(options: OperationsOptions): Operations {
   return {
     run,
     close() {
+      // Give-backs still trying stop at their next turn.
       closed = true;
       return feed ? feed.close() : Promise.resolve();
     },
