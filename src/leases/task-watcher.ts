@@ -2,6 +2,7 @@ import type { Clock } from "../core/clock.js";
 import type { InstanceInfo, InstanceOutcome } from "../core/model.js";
 import type { CallOptions, TaskWatcher } from "../core/ports.js";
 import { pause, throwIfAborted } from "../core/call-wait.js";
+import { isStoreDown } from "../store/local-share-mode.js";
 
 export interface TaskWatcherOptions {
   /** DescribeInstances for ≤ 100 ids; the caller routes it through the shared 40/s bucket. */
@@ -32,12 +33,28 @@ export function createTaskWatcher(options: TaskWatcherOptions): TaskWatcher {
   const maxWaitMs = options.maxWaitMs ?? 120_000;
   const replacedAfterMs = options.replacedAfterMs ?? Math.max(5_000, 4 * pollMs);
 
-  /** One round of DescribeInstances over `ids`, in parallel batches; failures count as "not seen". */
-  async function look(region: string, ids: string[], opts: CallOptions): Promise<Map<string, InstanceInfo>> {
+  /**
+   * One round of DescribeInstances over `ids`, in parallel batches; failures count as "not seen".
+   * With `storeFailsFast`, a round that could not be sent because the shared store is down throws
+   * STORE_UNAVAILABLE instead: a caller that has not sent anything yet should hear it at once,
+   * not at its deadline.
+   */
+  async function look(
+    region: string,
+    ids: string[],
+    opts: CallOptions,
+    storeFailsFast = false,
+  ): Promise<Map<string, InstanceInfo>> {
     const batches: string[][] = [];
     for (let i = 0; i < ids.length; i += BATCH) batches.push(ids.slice(i, i + BATCH));
     const replies = await Promise.allSettled(batches.map((b) => describe(region, b, opts)));
     throwIfAborted(opts);
+    if (storeFailsFast) {
+      const down = replies.find(
+        (r): r is PromiseRejectedResult => r.status === "rejected" && isStoreDown(r.reason),
+      );
+      if (down) throw down.reason as Error;
+    }
     const seen = new Map<string, InstanceInfo>();
     for (const r of replies)
       if (r.status === "fulfilled") for (const info of r.value) seen.set(info.instanceId, info);
@@ -50,12 +67,13 @@ export function createTaskWatcher(options: TaskWatcherOptions): TaskWatcher {
     instanceIds: string[],
     opts: CallOptions,
     settle: (info: InstanceInfo) => boolean,
+    storeFailsFast = false,
   ): Promise<Set<string>> {
     const pending = new Set(instanceIds);
     const stopAt = Math.min(clock.now() + maxWaitMs, opts.deadline ?? Infinity);
     for (;;) {
       throwIfAborted(opts);
-      const seen = await look(region, [...pending], opts);
+      const seen = await look(region, [...pending], opts, storeFailsFast);
       for (const [id, info] of seen) if (pending.has(id) && settle(info)) pending.delete(id);
       const left = stopAt - clock.now();
       if (pending.size === 0 || left <= 0) return pending;
@@ -109,10 +127,16 @@ export function createTaskWatcher(options: TaskWatcherOptions): TaskWatcher {
     async waitUntilIdle(region, instanceIds, opts) {
       // Resolves at the time limit too: the caller decides what a still busy instance means.
       const last = new Map<string, InstanceInfo>();
-      await poll(region, [...new Set(instanceIds)], opts, (info) => {
-        last.set(info.instanceId, info);
-        return info.latestOperationState !== "OPERATING";
-      });
+      await poll(
+        region,
+        [...new Set(instanceIds)],
+        opts,
+        (info) => {
+          last.set(info.instanceId, info);
+          return info.latestOperationState !== "OPERATING";
+        },
+        true,
+      );
       return [...last.values()];
     },
   };
