@@ -8,7 +8,7 @@ import { createAssociateService, type AssociateServiceOptions } from "../src/cor
 import { cloudCodeError, retryPolicy } from "../src/core/cloud-errors.js";
 import { isKeygateError, keygateError } from "../src/core/errors.js";
 import type { AssociateInput, AssociateResult, InstanceInfo } from "../src/core/model.js";
-import type { AuditEntry, Execution, Leases, SendPhase } from "../src/core/ports.js";
+import type { AuditEntry, Execution, Leases, MarkPhase, SendPhase } from "../src/core/ports.js";
 import { judge, reconcile } from "../src/core/reconcile.js";
 import { createLeases } from "../src/leases/leases.js";
 import { createMemoryLeaseStore } from "../src/leases/memory-lease-store.js";
@@ -115,7 +115,7 @@ function fakeCloud(clock: FakeClock, ids: string[], taskMs = 1_000) {
 
 /** An Execution that records its marks; `reject` makes marks fail as when another executor took over. */
 function execution(inherited?: Execution["inherited"], reject?: SendPhase) {
-  const marks: [SendPhase, { sentAt?: number; requestId?: string } | undefined][] = [];
+  const marks: [MarkPhase, { sentAt?: number; requestId?: string } | undefined][] = [];
   const ex: Execution = {
     inherited,
     mark(phase, detail) {

@@ -80,6 +80,8 @@ export interface AssociateCall extends CallOptions {
   request: AssociateRequest;
 }
 
+/** The latest a send can happen for a call without a deadline (the API layer always sets one). */
+const DEFAULT_SEND_BOUND_MS = 60_000;
 const DENIALS: ReadonlySet<string> = new Set(["unauthenticated", "permission_denied", "invalid_argument"]);
 
 /**
@@ -315,18 +317,22 @@ export function createAssociateService(opts: AssociateServiceOptions) {
           throw retrying ?? keygateError("INSTANCE_BUSY", `instance ${busy} is still busy with a cloud task`);
         }
       }
+      // "May be sending" is recorded before the wait for a token, so that a grant goes out without
+      // another store round trip (a late send would bunch at the cloud: G1). Until the send, the
+      // latest moment it could happen stands as sentAt: a takeover reconciles after it.
+      // Rejected = another executor took the operation over: it, not we, may send.
+      await execution.mark("sending", { sentAt: call.deadline ?? clock.now() + DEFAULT_SEND_BOUND_MS });
       // Every attempt, first or retry, spends a token (G1).
       const grant = await limiter
         .acquire({ bucket, tenant: tenant.name, weight: tenant.weight, ...call })
-        .catch(orLast);
+        .catch(async (err: unknown) => {
+          // No token, so nothing went out: unless an earlier send may have, say so.
+          if (!uncertain) await execution.mark("claimed").catch(() => undefined);
+          return orLast(err);
+        });
       entry.limiterWaitMs += grant.waitedMs;
       if (grant.sendBy !== undefined && clock.now() > grant.sendBy) continue;
       const sentAt = clock.now();
-      // Rejected = another executor took the operation over: it, not we, may send.
-      await execution.mark("sending", { sentAt });
-      // The mark is a store round trip: a grant it made late is dropped like any late grant (G1).
-      // The record keeps "sending", which only makes a takeover reconcile first.
-      if (grant.sendBy !== undefined && clock.now() > grant.sendBy) continue;
       entry.attempts += 1;
       try {
         crashPoint("before-send");

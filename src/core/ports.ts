@@ -90,6 +90,8 @@ export interface Leases {
 
 /** How far an execution got with its cloud call (docs/decisions/operation-lifecycle.md). */
 export type SendPhase = "sending" | "sent" | "uncertain";
+/** What an execution may record: a send phase, or "claimed" again when a `sending` mark led to no send. */
+export type MarkPhase = SendPhase | "claimed";
 
 /** What one execution of an operation may know and record about its cloud call. */
 export interface Execution {
@@ -102,7 +104,7 @@ export interface Execution {
    * Records the cloud call's progress before and after the send. Fenced: it rejects when this
    * execution no longer owns the operation, and then nothing may be sent.
    */
-  mark(phase: SendPhase, detail?: { sentAt?: number; requestId?: string }): Promise<void>;
+  mark(phase: MarkPhase, detail?: { sentAt?: number; requestId?: string }): Promise<void>;
 }
 
 /** An execution that records nothing (no shared store behind it). */

@@ -5,7 +5,7 @@
   KEYS[1]   keygate:op:{<fingerprint>}:claim
   KEYS[2]   keygate:op:{<fingerprint>}:record
   ARGV[1]   our claim token
-  ARGV[2]   phase: sending | sent | uncertain
+  ARGV[2]   phase: sending | sent | uncertain, or claimed (a `sending` that led to no send)
   ARGV[3]   sentAt, epoch ms ('' = keep)
   ARGV[4]   upstream request id ('' = keep)
   ARGV[5]   record TTL in milliseconds
@@ -18,6 +18,8 @@ end
 if ARGV[2] == 'sending' then
   -- A new send: a request id of an earlier one no longer describes it.
   redis.call('HDEL', KEYS[2], 'requestId')
+elseif ARGV[2] == 'claimed' then
+  redis.call('HDEL', KEYS[2], 'requestId', 'sentAt')
 end
 redis.call('HSET', KEYS[2], 'phase', ARGV[2])
 if ARGV[3] ~= '' then

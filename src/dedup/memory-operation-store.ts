@@ -101,7 +101,8 @@ export function createMemoryOperationStore(options: { clock: Clock }): Operation
       const rec = get(records, fingerprint);
       if (get(claims, fingerprint) !== token || rec?.token !== token) return Promise.resolve(false);
       const next: OpRecord = { ...rec, phase };
-      if (phase === "sending") delete next.requestId;
+      if (phase === "sending" || phase === "claimed") delete next.requestId;
+      if (phase === "claimed") delete next.sentAt;
       if (detail.sentAt !== undefined) next.sentAt = detail.sentAt;
       if (detail.requestId !== undefined) next.requestId = detail.requestId;
       set(records, fingerprint, next, recordTtlMs);

@@ -1,4 +1,4 @@
-import type { Execution, SendPhase } from "../core/ports.js";
+import type { Execution, MarkPhase } from "../core/ports.js";
 import type { ReleaseFeed } from "../leases/release-feed.js";
 
 /** The one feed scope of finished executions. */
@@ -37,7 +37,7 @@ export interface OperationStore {
   mark(
     fingerprint: string,
     token: string,
-    phase: SendPhase,
+    phase: MarkPhase,
     detail: PhaseDetail,
     recordTtlMs: number,
   ): Promise<boolean>;
