@@ -1,23 +1,18 @@
-import { type Clock, systemClock } from "../core/clock.js";
+import { systemClock } from "../core/clock.js";
 import type { AssociateResult } from "../core/model.js";
 import type { CallOptions, OperationRun, Operations } from "../core/ports.js";
 import { abortError } from "../core/call-wait.js";
-import { createLocalShareMode, isStoreDown, type StoreMode } from "../store/local-share-mode.js";
+import {
+  createLocalShareMode,
+  isStoreDown,
+  type LocalShareParts,
+  type StoreMode,
+} from "../store/local-share-mode.js";
 import { failureOutcome, settle, type Outcome } from "./outcome.js";
 
-export interface LocalShareOperationsOptions {
-  /** Cluster-wide coalescing and idempotency (Redis). */
-  primary: Operations;
-  /** This replica's own (in-memory). */
-  own: Operations;
-  /** False while the primary's store is known to be unreachable (e.g. ioredis `status !== "ready"`). */
-  primaryReady?: () => boolean;
-  clock?: Clock;
-  /** After a primary failure, how long to stay local before asking the primary again. Default 500 ms. */
-  probeMs?: number;
+export interface LocalShareOperationsOptions extends LocalShareParts<Operations> {
   /** How long an idempotency key first used locally stays with the local store. Default 24 h. */
   idempotencyTtlMs?: number;
-  onModeChange?: (mode: StoreMode) => void;
 }
 
 export interface LocalShareOperations extends Operations {

@@ -1,21 +1,15 @@
-import { type Clock, systemClock } from "../core/clock.js";
+import { systemClock } from "../core/clock.js";
 import type { CallOptions, LeaseHandle, Leases } from "../core/ports.js";
-import { createLocalShareMode, isStoreDown, type StoreMode } from "../store/local-share-mode.js";
+import {
+  createLocalShareMode,
+  isStoreDown,
+  type LocalShareParts,
+  type StoreMode,
+} from "../store/local-share-mode.js";
 
 export type { StoreMode };
 
-export interface LocalShareLeasesOptions {
-  /** Cluster-wide leases (Redis). */
-  primary: Leases;
-  /** This replica's own leases (in-memory). */
-  own: Leases;
-  /** False while the primary's store is known to be unreachable (e.g. ioredis `status !== "ready"`). */
-  primaryReady?: () => boolean;
-  clock?: Clock;
-  /** After a primary failure, how long to stay local before asking the primary again. Default 500 ms. */
-  probeMs?: number;
-  onModeChange?: (mode: StoreMode) => void;
-}
+export type LocalShareLeasesOptions = LocalShareParts<Leases>;
 
 export interface LocalShareLeases extends Leases {
   mode(): StoreMode;

@@ -7,6 +7,20 @@ export type StoreMode = "primary" | "local-share";
 /** The error a store gives while Redis is unreachable: the one failure local-share may absorb. */
 export const isStoreDown = (e: unknown) => isKeygateError(e) && e.reason === "STORE_UNAVAILABLE";
 
+/** What a local-share wrapper (leases, operations) is built from: the shared part and this replica's own. */
+export interface LocalShareParts<T> {
+  /** Cluster-wide (Redis). */
+  primary: T;
+  /** This replica's own (in-memory). */
+  own: T;
+  /** False while the primary's store is known to be unreachable (e.g. ioredis `status !== "ready"`). */
+  primaryReady?: () => boolean;
+  clock?: Clock;
+  /** After a primary failure, how long to stay local before asking the primary again. Default 500 ms. */
+  probeMs?: number;
+  onModeChange?: (mode: StoreMode) => void;
+}
+
 export interface LocalShareModeOptions {
   clock: Clock;
   /** After a failure, how long before the shared store is asked again. */
