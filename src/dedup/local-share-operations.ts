@@ -1,4 +1,3 @@
-import { systemClock } from "../core/clock.js";
 import type { AssociateResult } from "../core/model.js";
 import type { CallOptions, OperationRun, Operations } from "../core/ports.js";
 import { abortError } from "../core/call-wait.js";
@@ -33,10 +32,7 @@ export interface LocalShareOperations extends Operations {
  */
 export function createLocalShareOperations(options: LocalShareOperationsOptions): LocalShareOperations {
   const { primary, own } = options;
-  const clock = options.clock ?? systemClock;
-  const probeMs = options.probeMs ?? 500;
   const idempotencyTtlMs = options.idempotencyTtlMs ?? 24 * 3600_000;
-  const primaryReady = options.primaryReady ?? (() => true);
   /** Executions running on this replica (through either store), by fingerprint. */
   const running = new Map<string, Promise<Outcome>>();
   /** Fingerprints with a local run in flight, and how many. */
@@ -44,12 +40,8 @@ export function createLocalShareOperations(options: LocalShareOperationsOptions)
   /** Idempotency keys first used locally → when they stop being local. */
   const localKeys = new Map<string, number>();
 
-  const storeMode = createLocalShareMode({
-    clock,
-    probeMs,
-    primaryReady,
-    onModeChange: options.onModeChange,
-  });
+  const storeMode = createLocalShareMode(options);
+  const { clock } = storeMode;
   const { goLocal, tryPrimary } = storeMode;
 
   const keyOf = (op: OperationRun) =>

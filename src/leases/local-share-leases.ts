@@ -1,4 +1,3 @@
-import { systemClock } from "../core/clock.js";
 import type { CallOptions, LeaseHandle, Leases } from "../core/ports.js";
 import {
   createLocalShareMode,
@@ -28,16 +27,7 @@ export interface LocalShareLeases extends Leases {
  */
 export function createLocalShareLeases(options: LocalShareLeasesOptions): LocalShareLeases {
   const { primary, own } = options;
-  const clock = options.clock ?? systemClock;
-  const probeMs = options.probeMs ?? 500;
-  const primaryReady = options.primaryReady ?? (() => true);
-
-  const storeMode = createLocalShareMode({
-    clock,
-    probeMs,
-    primaryReady,
-    onModeChange: options.onModeChange,
-  });
+  const storeMode = createLocalShareMode(options);
   const { goLocal, tryPrimary } = storeMode;
 
   async function acquire(

@@ -1,4 +1,4 @@
-import type { Clock } from "../core/clock.js";
+import { type Clock, systemClock } from "../core/clock.js";
 import { isKeygateError } from "../core/errors.js";
 
 /** Which store decides right now: the shared one, or this replica's own memory. */
@@ -21,21 +21,15 @@ export interface LocalShareParts<T> {
   onModeChange?: (mode: StoreMode) => void;
 }
 
-export interface LocalShareModeOptions {
-  clock: Clock;
-  /** After a failure, how long before the shared store is asked again. */
-  probeMs: number;
-  /** False while the Redis connection is not ready (skip it without waiting for an error). */
-  primaryReady: () => boolean;
-  onModeChange?: ((mode: StoreMode) => void) | undefined;
-}
-
 /**
  * The mode switch shared by the local-share wrappers (leases, operations): go local on a store
  * failure, ask the shared store again after `probeMs`, and tell an observer that must never
  * break a call.
  */
-export function createLocalShareMode(options: LocalShareModeOptions) {
+export function createLocalShareMode(options: Omit<LocalShareParts<unknown>, "primary" | "own">) {
+  const clock = options.clock ?? systemClock;
+  const probeMs = options.probeMs ?? 500;
+  const primaryReady = options.primaryReady ?? (() => true);
   let mode: StoreMode = "primary";
   let failedAt = -Infinity;
   const set = (m: StoreMode) => {
@@ -48,20 +42,21 @@ export function createLocalShareMode(options: LocalShareModeOptions) {
     }
   };
   const goLocal = () => {
-    failedAt = options.clock.now();
+    failedAt = clock.now();
     set("local-share");
   };
   return {
+    clock,
     mode: () => mode,
     recovered: () => set("primary"),
     goLocal,
     /** Whether to ask the shared store this time. */
     tryPrimary: (): boolean => {
-      if (!options.primaryReady()) {
+      if (!primaryReady()) {
         goLocal();
         return false;
       }
-      return mode === "primary" || options.clock.now() - failedAt >= options.probeMs;
+      return mode === "primary" || clock.now() - failedAt >= probeMs;
     },
   };
 }
