@@ -20,7 +20,7 @@ import {
   type Emulator,
 } from "../src/upstream/emulator/index.js";
 import { startGateway, type TestGateway } from "./support/app.js";
-import { sha256 } from "./support/policies.js";
+import { opsPolicy } from "./support/policies.js";
 import { freePort, startRedis, type RedisProcess } from "./support/redis-server.js";
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
@@ -30,15 +30,7 @@ const INSTANCE = "ins-crash001";
 /** The documented lease TTL (docs/decisions/leases.md): the longest a crashed replica blocks an instance. */
 const LEASE_TTL_MS = 5_000;
 
-const POLICY = `
-tenants:
-  ops:
-    tokens_sha256: ["${sha256(TOKEN)}"]
-    regions: [ap-guangzhou]
-    instances: "*"
-    keys: "*"
-    force_stop: false
-`;
+const POLICY = opsPolicy(TOKEN);
 
 let redis: RedisProcess;
 let emulator: Emulator;

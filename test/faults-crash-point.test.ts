@@ -13,20 +13,12 @@ import { loadSettings, SettingsError } from "../src/config/settings.js";
 import { CRASH_POINTS } from "../src/core/crash-point.js";
 import { KeyPairService } from "../src/gen/keygate/v1/keygate_pb.js";
 import { createEmulator, type Emulator } from "../src/upstream/emulator/index.js";
-import { sha256 } from "./support/policies.js";
+import { opsPolicy } from "./support/policies.js";
 import { killStrays, serveEnv, spawnKeygate, waitListening } from "./support/process.js";
 import { startRedis, type RedisProcess } from "./support/redis-server.js";
 
 const TOKEN = "token-crash-point-0123456789";
-const POLICY = `
-tenants:
-  ops:
-    tokens_sha256: ["${sha256(TOKEN)}"]
-    regions: [ap-guangzhou]
-    instances: "*"
-    keys: "*"
-    force_stop: false
-`;
+const POLICY = opsPolicy(TOKEN);
 
 let dir: string;
 let redis: RedisProcess | undefined;

@@ -4,15 +4,15 @@
  * gateway works again by itself once Redis is back.
  */
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
-import { createConnectTransport, createGrpcTransport } from "@connectrpc/connect-node";
+import { createGrpcTransport } from "@connectrpc/connect-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { ASSOCIATE, fleetIds, LOAD_KEY, LOAD_TOKEN, maxIn1000 } from "./support/fleet.js";
+import { ASSOCIATE, maxIn1000 } from "./support/fleet.js";
 import { pollUntil } from "./support/wait.js";
 import { Health, HealthCheckResponse_ServingStatus as Status } from "../src/gen/health/v1/health_pb.js";
-import { ErrorDetailSchema, KeyPairService } from "../src/gen/keygate/v1/keygate_pb.js";
+import { ErrorDetailSchema } from "../src/gen/keygate/v1/keygate_pb.js";
 import { type Emulator } from "../src/upstream/emulator/index.js";
 import { type TestGateway } from "./support/app.js";
-import { startLimitFleet, type LimitFleet } from "./support/limit-fleet.js";
+import { fleetCaller, startLimitFleet, type LimitFleet } from "./support/limit-fleet.js";
 import type { RedisProcess } from "./support/redis-server.js";
 
 let fleet: LimitFleet | undefined;
@@ -28,17 +28,7 @@ afterAll(async () => {
   await fleet?.stop();
 });
 
-const auth = { authorization: `Bearer ${LOAD_TOKEN}` };
-const ids = fleetIds(20);
-let next = 0;
-const call = (g: TestGateway, timeoutMs = 10_000) =>
-  createClient(
-    KeyPairService,
-    createConnectTransport({ baseUrl: g.url, httpVersion: "1.1" }),
-  ).associateKeyPairs(
-    { region: "ap-guangzhou", instanceIds: [ids[next++ % ids.length]!], keyIds: [LOAD_KEY] },
-    { headers: auth, timeoutMs },
-  );
+const call = fleetCaller(20);
 const health = (g: TestGateway, service: string) =>
   createClient(Health, createGrpcTransport({ baseUrl: g.url }))
     .check({ service })

@@ -14,7 +14,7 @@ import { retryPolicy } from "../src/core/cloud-errors.js";
 import { ErrorDetailSchema, KeyPairService } from "../src/gen/keygate/v1/keygate_pb.js";
 import { createEmulator, type Emulator, type FaultSettings } from "../src/upstream/emulator/index.js";
 import { startGateway, type TestGateway } from "./support/app.js";
-import { sha256 } from "./support/policies.js";
+import { opsPolicy } from "./support/policies.js";
 import { killStrays, serveEnv, spawnKeygate, waitListening } from "./support/process.js";
 import { startRedis, type RedisProcess } from "./support/redis-server.js";
 
@@ -24,15 +24,7 @@ const ASSOCIATE = "AssociateInstancesKeyPairs";
 const UPSTREAM_TIMEOUT_MS = 500;
 /** 2 × the upstream timeout (src/main.ts): an original still on its way arrives within it. */
 const HORIZON_MS = 2 * UPSTREAM_TIMEOUT_MS;
-const POLICY = `
-tenants:
-  ops:
-    tokens_sha256: ["${sha256(TOKEN)}"]
-    regions: [ap-guangzhou]
-    instances: "*"
-    keys: "*"
-    force_stop: true
-`;
+const POLICY = opsPolicy(TOKEN, true);
 const id = (n: number) => `ins-sf${String(n).padStart(6, "0")}`;
 const RUNNING = "ins-sfrun001";
 const CRASHED = "ins-sfcrash1";

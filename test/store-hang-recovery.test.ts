@@ -5,13 +5,13 @@
  * the cloud's 10 per sliding second.
  */
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
-import { createConnectTransport, createGrpcTransport } from "@connectrpc/connect-node";
+import { createGrpcTransport } from "@connectrpc/connect-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Health, HealthCheckResponse_ServingStatus as Status } from "../src/gen/health/v1/health_pb.js";
-import { ErrorDetailSchema, KeyPairService } from "../src/gen/keygate/v1/keygate_pb.js";
+import { ErrorDetailSchema } from "../src/gen/keygate/v1/keygate_pb.js";
 import type { TestGateway } from "./support/app.js";
-import { ASSOCIATE, fleetIds, LOAD_KEY, LOAD_TOKEN, maxIn1000 } from "./support/fleet.js";
-import { startLimitFleet, type LimitFleet } from "./support/limit-fleet.js";
+import { ASSOCIATE, maxIn1000 } from "./support/fleet.js";
+import { fleetCaller, startLimitFleet, type LimitFleet } from "./support/limit-fleet.js";
 import { pollUntil, sleep } from "./support/wait.js";
 
 const STORE_TIMEOUT_MS = 1_000;
@@ -33,17 +33,7 @@ afterAll(async () => {
   await fleet?.stop();
 });
 
-const auth = { authorization: `Bearer ${LOAD_TOKEN}` };
-const ids = fleetIds(40);
-let next = 0;
-const call = (g: TestGateway, timeoutMs = 10_000) =>
-  createClient(
-    KeyPairService,
-    createConnectTransport({ baseUrl: g.url, httpVersion: "1.1" }),
-  ).associateKeyPairs(
-    { region: "ap-guangzhou", instanceIds: [ids[next++ % ids.length]!], keyIds: [LOAD_KEY] },
-    { headers: auth, timeoutMs },
-  );
+const call = fleetCaller(40);
 const readiness = (g: TestGateway) =>
   createClient(Health, createGrpcTransport({ baseUrl: g.url }))
     .check({ service: "" })

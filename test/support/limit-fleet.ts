@@ -1,6 +1,9 @@
 import { createEmulator, type Emulator } from "../../src/upstream/emulator/index.js";
 import { startGateway, type TestGateway } from "./app.js";
-import { FLEET_POLICY, fleetInventory } from "./fleet.js";
+import { createClient } from "@connectrpc/connect";
+import { createConnectTransport } from "@connectrpc/connect-node";
+import { KeyPairService } from "../../src/gen/keygate/v1/keygate_pb.js";
+import { FLEET_POLICY, fleetIds, fleetInventory, LOAD_KEY, LOAD_TOKEN } from "./fleet.js";
 import { startRedis, type RedisProcess } from "./redis-server.js";
 
 /** The set-up of the end-to-end limit tests: one private Redis, one emulator, replicas sharing both. */
@@ -45,4 +48,21 @@ export async function startLimitFleet(opts: {
     throw e;
   }
   return { redis, emulator, gateways, stop };
+}
+
+/**
+ * One associate call by the fleet's load tenant (Connect over HTTP/1.1), each on the next of
+ * `instances` fleet instances in turn.
+ */
+export function fleetCaller(instances: number) {
+  const ids = fleetIds(instances);
+  let next = 0;
+  return (g: TestGateway, timeoutMs = 10_000) =>
+    createClient(
+      KeyPairService,
+      createConnectTransport({ baseUrl: g.url, httpVersion: "1.1" }),
+    ).associateKeyPairs(
+      { region: "ap-guangzhou", instanceIds: [ids[next++ % ids.length]!], keyIds: [LOAD_KEY] },
+      { headers: { authorization: `Bearer ${LOAD_TOKEN}` }, timeoutMs },
+    );
 }

@@ -26,3 +26,14 @@ tenants:
     force_stop: true
     weight: 1
 `;
+
+/** One tenant "ops" that may touch any instance with any key in ap-guangzhou (no lookups needed). */
+export const opsPolicy = (token: string, forceStop = false) => `
+tenants:
+  ops:
+    tokens_sha256: ["${sha256(token)}"]
+    regions: [ap-guangzhou]
+    instances: "*"
+    keys: "*"
+    force_stop: ${String(forceStop)}
+`;
