@@ -25,6 +25,7 @@ import { createPolicyGate } from "./policy/gate.js";
 import { createInstanceCache } from "./policy/instance-cache.js";
 import { createPolicySource, createStaticPolicySource } from "./policy/source.js";
 import { openSharedStore } from "./store/shared-store.js";
+import { createDescribeBatcher } from "./upstream/describe-batcher.js";
 import { createMeteredDescribe } from "./upstream/metered-describe.js";
 import {
   createCredentialProvider,
@@ -144,6 +145,20 @@ export async function createApp(opts: AppOptions) {
     },
   });
 
+  // keygate's own polls (task watching, idle checks, reconciling) share merged calls; policy
+  // lookups keep the instance cache's batching and their tenant's budget (docs/decisions/upstream.md).
+  const pollDescribe = createDescribeBatcher({
+    describe,
+    clock,
+    gapMs: settings.describeMergeMs,
+    hooks: {
+      merged: (ids, requests) => {
+        metrics.describeIdsPerCall.observe(ids);
+        metrics.describeRequestsPerCall.observe(requests);
+      },
+    },
+  });
+
   // --- the request path ----------------------------------------------------------------------
   const audit = createAuditSink(logger, metrics);
   const service = createAssociateService({
@@ -155,7 +170,7 @@ export async function createApp(opts: AppOptions) {
     policy: createPolicyGate(() => policySource.current()),
     lookup: createInstanceCache({ describe, clock }),
     tasks: createTaskWatcher({
-      describe,
+      describe: pollDescribe,
       clock,
       pollMs: settings.taskPollMs,
       maxWaitMs: settings.taskMaxWaitMs,

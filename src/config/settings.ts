@@ -33,6 +33,8 @@ export interface Settings {
   upstreamTimeoutMs: number;
   taskMaxWaitMs: number;
   taskPollMs: number;
+  /** Least ms between two partial merged DescribeInstances polls of one region on one replica (0 = no pacing). */
+  describeMergeMs: number;
   drainMs: number;
   onStoreDown: "fail-closed" | "local-share";
   /** One Redis command's time limit; a connection silent for half of it is dropped (docs/decisions.md). */
@@ -166,6 +168,7 @@ export function loadSettings(env: Env, mode: "serve" | "dev" = "serve"): Setting
   const upstreamTimeoutMs = int("KEYGATE_UPSTREAM_TIMEOUT_MS", 10_000, 100, 120_000);
   const taskMaxWaitMs = int("KEYGATE_TASK_MAX_WAIT_MS", 300_000, 1_000, 3_600_000);
   const taskPollMs = int("KEYGATE_TASK_POLL_MS", 500, 50, 60_000);
+  const describeMergeMs = int("KEYGATE_DESCRIBE_MERGE_MS", 250, 0, 10_000);
   const drainMs = int("KEYGATE_DRAIN_MS", 20_000, 0, 600_000);
 
   const onStoreDown = str("KEYGATE_ON_STORE_DOWN", "fail-closed");
@@ -219,6 +222,7 @@ export function loadSettings(env: Env, mode: "serve" | "dev" = "serve"): Setting
     upstreamTimeoutMs,
     taskMaxWaitMs,
     taskPollMs,
+    describeMergeMs,
     drainMs,
     onStoreDown: onStoreDown as Settings["onStoreDown"],
     storeTimeoutMs,

@@ -74,6 +74,18 @@ export function createMetrics(opts: { defaultMetrics?: boolean } = {}) {
       buckets: [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10],
       registers: r,
     }),
+    describeIdsPerCall: new Histogram({
+      name: "keygate_describe_ids_per_call",
+      help: "Distinct instance ids in each merged DescribeInstances poll (task watching, idle checks)",
+      buckets: [1, 2, 5, 10, 20, 50, 100],
+      registers: r,
+    }),
+    describeRequestsPerCall: new Histogram({
+      name: "keygate_describe_requests_per_call",
+      help: "Polls answered by each merged DescribeInstances call",
+      buckets: [1, 2, 5, 10, 20, 50, 100, 200, 500],
+      registers: r,
+    }),
     dedupJoins: new Counter({
       name: "keygate_dedup_joins_total",
       help: "Requests answered by joining an identical call or replaying an idempotency key",

@@ -24,6 +24,16 @@ export type MeteredDescribe = (
   call: CallOptions & DescribeFor,
 ) => Promise<InstanceInfo[]>;
 
+/**
+ * The same, but the ids may be given as a function read when the grant arrives (and again, unchanged,
+ * on a retry): a merged poll keeps taking in ids while it waits for its token (describe-batcher.ts).
+ */
+export type LazyMeteredDescribe = (
+  region: string,
+  ids: string[] | (() => string[]),
+  call: CallOptions & DescribeFor,
+) => Promise<InstanceInfo[]>;
+
 export interface MeteredDescribeOptions {
   upstream: Pick<Upstream, "describeInstances">;
   limiter: RateLimiter;
@@ -50,7 +60,7 @@ export interface MeteredDescribeOptions {
 export const SYSTEM_TENANT = "(keygate)";
 const MAX_LIMIT_RETRIES = 5;
 
-export function createMeteredDescribe(options: MeteredDescribeOptions): MeteredDescribe {
+export function createMeteredDescribe(options: MeteredDescribeOptions): LazyMeteredDescribe {
   const { upstream, limiter, clock, bucket } = options;
   const penaltyMs = options.penaltyMs ?? 1000;
   const maxTransient = options.maxTransientRetries ?? 2;
@@ -94,7 +104,8 @@ export function createMeteredDescribe(options: MeteredDescribeOptions): MeteredD
       await sendableGrant(opts, tenant);
       const t0 = clock.now();
       try {
-        const r = await upstream.describeInstances(region, ids, opts);
+        const send = typeof ids === "function" ? ids() : ids;
+        const r = await upstream.describeInstances(region, send, opts);
         hooks.call?.("OK", (clock.now() - t0) / 1000);
         return r.instances;
       } catch (err) {
