@@ -101,7 +101,7 @@ export function createDescribeBatcher(options: DescribeBatcherOptions): MeteredD
         () => undefined,
       );
     } else {
-      // Launched after the joining request took its place (see `request`), so it never goes empty.
+      // A microtask later: the request that opened it joins first, so it never goes out empty.
       queueMicrotask(() => launch(batch));
     }
     return batch;
