@@ -14,9 +14,12 @@ import {
 } from "@connectrpc/connect-node";
 import type { UniversalHandler } from "@connectrpc/connect/protocol";
 import type { AuditEntry } from "../core/ports.js";
+import { ServerReflection as ServerReflectionV1 } from "../gen/grpc/reflection/v1/reflection_pb.js";
+import { ServerReflection as ServerReflectionV1alpha } from "../gen/grpc/reflection/v1alpha/reflection_pb.js";
 import { Health } from "../gen/health/v1/health_pb.js";
 import { ErrorDetailSchema, KeyPairService } from "../gen/keygate/v1/keygate_pb.js";
 import { peerIdentities } from "./credentials.js";
+import { createReflection } from "./reflection.js";
 import { clampDeadline } from "./deadline.js";
 import { peerKey, type RequestInfo, requestIdFrom, requestInfoKey } from "./keypair-service.js";
 import { errorResponse, printable, protocolOf, reclassify, rewriteStatus } from "./refusals.js";
@@ -166,6 +169,9 @@ export function createApiServer(opts: ApiServerOptions) {
   });
   router.service(KeyPairService, opts.keyPairService);
   router.service(Health, opts.health);
+  const reflection = createReflection([KeyPairService, Health]);
+  router.service(ServerReflectionV1, reflection.v1);
+  router.service(ServerReflectionV1alpha, reflection.v1alpha);
   const routes = new Map<string, UniversalHandler>(router.handlers.map((h) => [h.requestPath, h]));
 
   const handler = (req: NodeRequest, res: NodeResponse): void => {
