@@ -203,7 +203,12 @@ export async function createApp(opts: AppOptions) {
       },
     }),
   });
-  const metricsServer = createMetricsServer(metrics.registry, settings.host, settings.metricsPort);
+  const metricsServer = createMetricsServer(
+    metrics.registry,
+    settings.host,
+    settings.metricsPort,
+    () => health.readiness(),
+  );
 
   let apiAddress: AddressInfo | undefined;
   let metricsAddress: AddressInfo | undefined;
