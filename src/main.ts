@@ -46,7 +46,10 @@ export async function createApp(opts: AppOptions) {
   const { settings, logger } = opts;
   armCrashPoint(settings.testCrashAt);
   const clock = opts.clock ?? systemClock;
-  const metrics = createMetrics({ defaultMetrics: opts.defaultMetrics ?? true });
+  const metrics = createMetrics({
+    defaultMetrics: opts.defaultMetrics ?? true,
+    revision: settings.buildRevision,
+  });
   const health = createHealth();
   const owner = `${hostname()}:${process.pid}`;
   const closers: (() => Promise<unknown>)[] = [];
@@ -203,11 +206,8 @@ export async function createApp(opts: AppOptions) {
       },
     }),
   });
-  const metricsServer = createMetricsServer(
-    metrics.registry,
-    settings.host,
-    settings.metricsPort,
-    () => health.readiness(),
+  const metricsServer = createMetricsServer(metrics.registry, settings.host, settings.metricsPort, () =>
+    health.readiness(),
   );
 
   let apiAddress: AddressInfo | undefined;
