@@ -191,6 +191,7 @@ export async function createApp(opts: AppOptions) {
     tls: settings.tls,
     limits: settings.limits,
     maxDeadlineMs: settings.defaultDeadlineMs,
+    corsOrigins: settings.corsOrigins,
     audit,
     log: logger,
     health: health.impl,
