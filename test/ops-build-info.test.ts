@@ -41,6 +41,17 @@ describe("keygate --version", () => {
   });
 });
 
+describe("LICENSE", () => {
+  it("is the Apache License 2.0 text that package.json names", () => {
+    const pkg = JSON.parse(readFileSync(join(ROOT, "package.json"), "utf8")) as { license: string };
+    expect(pkg.license).toBe("Apache-2.0");
+    const text = readFileSync(join(ROOT, "LICENSE"), "utf8");
+    expect(text).toContain("Apache License");
+    expect(text).toContain("Version 2.0, January 2004");
+    expect(text).toContain("TERMS AND CONDITIONS FOR USE, REPRODUCTION, AND DISTRIBUTION");
+  });
+});
+
 describe("keygate_build_info", () => {
   let emulator: Emulator;
   let gw: TestGateway;
