@@ -89,7 +89,10 @@ export function createHealth() {
       if (status("") === Status.SERVING) return { ready: true, reason: "serving" };
       if (draining) return { ready: false, reason: "draining: this replica is shutting down" };
       const down = [...components].filter(([, up]) => !up).map(([name]) => name);
-      return { ready: false, reason: `not ready: ${down.join(", ") || "starting"} down` };
+      return {
+        ready: false,
+        reason: down.length > 0 ? `not ready: ${down.join(", ")} down` : "not ready yet",
+      };
     },
     components: () => Object.fromEntries(components),
   };
