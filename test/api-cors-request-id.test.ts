@@ -165,7 +165,10 @@ describe("x-request-id", () => {
   });
 
   it("echoes the id on refusals too, over gRPC-Web and Connect, matching the audit line", async () => {
-    const web = createClient(KeyPairService, createGrpcWebTransport({ baseUrl: off.url }));
+    const web = createClient(
+      KeyPairService,
+      createGrpcWebTransport({ baseUrl: off.url, httpVersion: "1.1" }),
+    );
     const err = await web.associateKeyPairs(call, { headers: { "x-request-id": "refused-web-1" } }).then(
       () => undefined,
       (e: unknown) => ConnectError.from(e),
@@ -183,7 +186,10 @@ describe("x-request-id", () => {
     expect(res.status).toBe(400);
     expect(res.headers.get("x-request-id")).toBe("refused-json-1");
     await pollUntil(() => audited(off, "refused-json-1").length === 1, "the transport's audit line");
-    const connect = createClient(KeyPairService, createConnectTransport({ baseUrl: off.url }));
+    const connect = createClient(
+      KeyPairService,
+      createConnectTransport({ baseUrl: off.url, httpVersion: "1.1" }),
+    );
     const connectErr = await connect.associateKeyPairs(call).then(
       () => undefined,
       (e: unknown) => ConnectError.from(e),
