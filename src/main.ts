@@ -47,7 +47,10 @@ export async function createApp(opts: AppOptions) {
   const { settings, logger } = opts;
   armCrashPoint(settings.testCrashAt);
   const clock = opts.clock ?? systemClock;
-  const metrics = createMetrics({ defaultMetrics: opts.defaultMetrics ?? true });
+  const metrics = createMetrics({
+    defaultMetrics: opts.defaultMetrics ?? true,
+    revision: settings.buildRevision,
+  });
   const health = createHealth();
   const owner = `${hostname()}:${process.pid}`;
   const closers: (() => Promise<unknown>)[] = [];
@@ -203,6 +206,7 @@ export async function createApp(opts: AppOptions) {
     tls: settings.tls,
     limits: settings.limits,
     maxDeadlineMs: settings.defaultDeadlineMs,
+    corsOrigins: settings.corsOrigins,
     audit,
     log: logger,
     health: health.impl,
@@ -218,7 +222,9 @@ export async function createApp(opts: AppOptions) {
       },
     }),
   });
-  const metricsServer = createMetricsServer(metrics.registry, settings.host, settings.metricsPort);
+  const metricsServer = createMetricsServer(metrics.registry, settings.host, settings.metricsPort, () =>
+    health.readiness(),
+  );
 
   let apiAddress: AddressInfo | undefined;
   let metricsAddress: AddressInfo | undefined;

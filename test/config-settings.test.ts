@@ -108,6 +108,34 @@ describe("settings from the environment", () => {
     expect(p.join()).toContain("TKE_ROLE_ARN");
   });
 
+  it("reads CORS origins (off by default) and refuses what is not an origin", () => {
+    expect(loadSettings(base).corsOrigins).toEqual([]);
+    expect(
+      loadSettings({ ...base, KEYGATE_CORS_ORIGINS: " https://a.example.com , http://localhost:5173 " })
+        .corsOrigins,
+    ).toEqual(["https://a.example.com", "http://localhost:5173"]);
+    expect(loadSettings({ ...base, KEYGATE_CORS_ORIGINS: "*" }).corsOrigins).toEqual(["*"]);
+    const p = problems({
+      ...base,
+      KEYGATE_CORS_ORIGINS: "https://a.example.com/,console.example.com,ftp://x.example.com,*",
+    });
+    expect(p).toHaveLength(1);
+    expect(p[0]).toContain('"*" allows every origin and cannot be combined');
+    const q = problems({ ...base, KEYGATE_CORS_ORIGINS: "https://a.example.com/,console.example.com" });
+    expect(q).toEqual([
+      'KEYGATE_CORS_ORIGINS: "https://a.example.com/" is not an origin: write scheme://host[:port] with no path or trailing slash, e.g. https://console.example.com',
+      'KEYGATE_CORS_ORIGINS: "console.example.com" is not an origin: write scheme://host[:port] with no path or trailing slash, e.g. https://console.example.com',
+    ]);
+  });
+
+  it("reads the build revision, refusing anything that is not a plain revision or tag", () => {
+    expect(loadSettings(base).buildRevision).toBeUndefined();
+    expect(loadSettings({ ...base, KEYGATE_BUILD_REVISION: "v1.2.3-4-gabc" }).buildRevision).toBe(
+      "v1.2.3-4-gabc",
+    );
+    expect(problems({ ...base, KEYGATE_BUILD_REVISION: "a b" })).toHaveLength(1);
+  });
+
   it("dev mode needs neither a policy file nor credentials", () => {
     expect(problems({}, "dev")).toEqual([]);
   });

@@ -272,10 +272,15 @@ describe("/metrics after traffic", () => {
     for (const secret of [TOKEN_OPS, TOKEN_NARROW, sha256(TOKEN_OPS), EMULATOR_SECRET_KEY]) {
       expect(text).not.toContain(secret);
     }
+    // keygate_build_info's version / revision / node have one value per process.
     const allowedLabels = new Set(["tenant", "outcome", "code", "action", "result", "le", "quantile"]);
+    for (const s of samples.filter((s) => s.name === "keygate_build_info")) {
+      expect(Object.keys(s.labels).sort()).toEqual(["node", "revision", "version"]);
+      expect(s.value).toBe(1);
+    }
     const labelNames = new Set(
       samples
-        .filter((s) => !s.name.startsWith("keygate_process_") && !s.name.startsWith("keygate_nodejs_"))
+        .filter((s) => !/^keygate_(process_|nodejs_|build_info$)/.test(s.name))
         .flatMap((s) => Object.keys(s.labels)),
     );
     for (const l of labelNames) expect(allowedLabels.has(l), `label ${l}`).toBe(true);

@@ -20,6 +20,8 @@ import { killStrays, serveEnv, spawnChild, waitListening } from "./support/proce
 import { pollUntil } from "./support/wait.js";
 
 const TOKEN = "ops-tracing-token-0123456789";
+const CALLER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736";
+const CALLER_SPAN = "00f067aa0ba902b7";
 
 let emulator: Emulator;
 let dir: string;
@@ -133,7 +135,12 @@ describe("keygate serve and OpenTelemetry", () => {
     });
     expect(sdkModules().some((u) => u.includes("@opentelemetry/sdk-trace-node"))).toBe(true);
     const res = await client.associateKeyPairs(call, {
-      headers: { authorization: `Bearer ${TOKEN}`, "x-request-id": "trace-me-1" },
+      headers: {
+        authorization: `Bearer ${TOKEN}`,
+        "x-request-id": "trace-me-1",
+        // The caller's own trace (W3C trace context): keygate's span continues it.
+        traceparent: `00-${CALLER_TRACE}-${CALLER_SPAN}-01`,
+      },
     });
     // A refused call is a span too, with an error status.
     const refused = await client.associateKeyPairs(call, { headers: {} }).then(
@@ -153,6 +160,9 @@ describe("keygate serve and OpenTelemetry", () => {
               scopeSpans: {
                 spans: {
                   name: string;
+                  kind?: number;
+                  traceId: string;
+                  parentSpanId?: string;
                   status?: { code?: number };
                   attributes: { key: string; value: { stringValue?: string; intValue?: number | string } }[];
                 }[];
@@ -188,8 +198,13 @@ describe("keygate serve and OpenTelemetry", () => {
       "cloud.region": "ap-guangzhou",
     });
     expect(ok?.status?.code ?? 0).not.toBe(2);
+    expect(ok).toMatchObject({ traceId: CALLER_TRACE, parentSpanId: CALLER_SPAN, kind: 2 }); // SPAN_KIND_SERVER
     const failed = spans().find((s) => s.attr["keygate.request_id"] !== "trace-me-1");
     expect(failed?.status?.code).toBe(2); // STATUS_CODE_ERROR
+    // Without a traceparent, keygate starts a trace of its own.
+    expect(failed?.traceId).toMatch(/^[0-9a-f]{32}$/);
+    expect(failed?.traceId).not.toBe(CALLER_TRACE);
+    expect(failed?.parentSpanId ?? "").toBe("");
     expect(res.requestId).not.toBe("");
     // No bearer token travels to the collector.
     for (const e of exports.slice(before)) expect(e.body).not.toContain(TOKEN);

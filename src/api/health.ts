@@ -81,6 +81,19 @@ export function createHealth() {
       notify();
     },
     isServing: () => status("") === Status.SERVING,
+    /**
+     * Readiness as the HTTP probes see it (/readyz on the metrics port): the same answer as the
+     * gRPC check of "", with the reason when it is not SERVING.
+     */
+    readiness(): { ready: boolean; reason: string } {
+      if (status("") === Status.SERVING) return { ready: true, reason: "serving" };
+      if (draining) return { ready: false, reason: "draining: this replica is shutting down" };
+      const down = [...components].filter(([, up]) => !up).map(([name]) => name);
+      return {
+        ready: false,
+        reason: down.length > 0 ? `not ready: ${down.join(", ")} down` : "not ready yet",
+      };
+    },
     components: () => Object.fromEntries(components),
   };
 }

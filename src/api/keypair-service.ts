@@ -20,6 +20,8 @@ export interface RequestInfo {
   reached: boolean;
   /** How many `authorization` headers arrived (Node keeps only the first in `headers`). */
   authorizationHeaders: number;
+  /** The caller's x-request-id when sane, else a fresh one; echoed in the response headers. */
+  requestId: string;
 }
 export const requestInfoKey = createContextKey<RequestInfo | undefined>(undefined);
 
@@ -46,7 +48,7 @@ export function createKeyPairServiceImpl(opts: KeyPairServiceOptions): ServiceIm
         if (opts.isDraining())
           throw keygateError("SHUTTING_DOWN", "this keygate replica is shutting down; retry");
         const timeout = ctx.timeoutMs();
-        const requestId = requestIdOf(ctx);
+        const requestId = info?.requestId ?? requestIdOf(ctx);
         if ((info?.authorizationHeaders ?? 0) > 1) {
           // Which one would win depends on the HTTP stack; refuse rather than guess.
           opts.audit?.({
@@ -98,6 +100,7 @@ export function createKeyPairServiceImpl(opts: KeyPairServiceOptions): ServiceIm
               signal: ctx.signal,
               deadline: opts.clock.now() + internalBudget(timeout, opts.defaultDeadlineMs),
             }),
+          ctx.requestHeader,
         );
         return create(AssociateKeyPairsResponseSchema, result);
       } catch (err) {
@@ -121,7 +124,10 @@ export function internalBudget(callerTimeoutMs: number | undefined, defaultDeadl
   return Math.max(0, budget - margin);
 }
 
-/** A caller-supplied x-request-id (sanitised) or a fresh one, so logs can be joined across systems. */
+/**
+ * A caller-supplied x-request-id when it is sane (1..64 of A-Z a-z 0-9 . _ : -) or a fresh UUID, so
+ * logs can be joined across systems. Anything else is replaced, never echoed or logged.
+ */
 export function requestIdFrom(given: string | null): string {
   return given && /^[A-Za-z0-9._:-]{1,64}$/.test(given) ? given : randomUUID();
 }

@@ -14,9 +14,13 @@ import {
 } from "@connectrpc/connect-node";
 import type { UniversalHandler } from "@connectrpc/connect/protocol";
 import type { AuditEntry } from "../core/ports.js";
+import { ServerReflection as ServerReflectionV1 } from "../gen/grpc/reflection/v1/reflection_pb.js";
+import { ServerReflection as ServerReflectionV1alpha } from "../gen/grpc/reflection/v1alpha/reflection_pb.js";
 import { Health } from "../gen/health/v1/health_pb.js";
 import { ErrorDetailSchema, KeyPairService } from "../gen/keygate/v1/keygate_pb.js";
+import { createCors } from "./cors.js";
 import { peerIdentities } from "./credentials.js";
+import { createReflection } from "./reflection.js";
 import { clampDeadline } from "./deadline.js";
 import { peerKey, type RequestInfo, requestIdFrom, requestInfoKey } from "./keypair-service.js";
 import { errorResponse, printable, protocolOf, reclassify, rewriteStatus } from "./refusals.js";
@@ -143,6 +147,8 @@ export interface ApiServerOptions {
   limits: TransportLimits;
   /** Caller deadlines above this are lowered to it; calls without one get it. */
   maxDeadlineMs: number;
+  /** Browser origins allowed to call (KEYGATE_CORS_ORIGINS); empty or absent = CORS off. */
+  corsOrigins?: readonly string[] | undefined;
   /** One line for each AssociateKeyPairs call refused before keygate's handler saw it. */
   audit?: ((entry: AuditEntry) => void) | undefined;
   log?: TransportLog | undefined;
@@ -166,7 +172,11 @@ export function createApiServer(opts: ApiServerOptions) {
   });
   router.service(KeyPairService, opts.keyPairService);
   router.service(Health, opts.health);
+  const reflection = createReflection([KeyPairService, Health]);
+  router.service(ServerReflectionV1, reflection.v1);
+  router.service(ServerReflectionV1alpha, reflection.v1alpha);
   const routes = new Map<string, UniversalHandler>(router.handlers.map((h) => [h.requestPath, h]));
+  const cors = createCors(opts.corsOrigins ?? []);
 
   const handler = (req: NodeRequest, res: NodeResponse): void => {
     try {
@@ -183,6 +193,10 @@ export function createApiServer(opts: ApiServerOptions) {
       return;
     }
     const started = Date.now();
+    // One id per request, echoed to the caller on every answer (refusals too) and in the audit line.
+    const given = req.headers["x-request-id"];
+    const requestId = requestIdFrom(typeof given === "string" ? given : null);
+    res.setHeader("x-request-id", requestId);
     // HTTP/1.0 may omit Host; the adapter cannot build a URL without one (and used to throw).
     const authority = "authority" in req ? req.authority : req.headers.host;
     if (!authority) return plain(res, 400, "a Host header is required\n");
@@ -191,6 +205,16 @@ export function createApiServer(opts: ApiServerOptions) {
       return plain(res, 431, "request headers too large\n");
     const uHandler = routes.get((req.url ?? "").split("?", 1)[0] ?? "");
     if (!uHandler) return plain(res, 404, "");
+    const origin = req.headers.origin;
+    const requested = req.headers["access-control-request-method"];
+    const corsAnswer = cors.check(req.method, origin, typeof requested === "string" ? requested : undefined);
+    if (corsAnswer?.kind === "refused") return plain(res, corsAnswer.status, corsAnswer.text);
+    if (corsAnswer?.kind === "preflight") {
+      res.writeHead(corsAnswer.status, { ...corsAnswer.headers, "content-length": "0" });
+      res.end();
+      return;
+    }
+    if (corsAnswer) for (const [k, v] of Object.entries(corsAnswer.headers)) res.setHeader(k, v);
 
     const deadlineMs = clampDeadline(req.headers, opts.maxDeadlineMs);
     const overdue = setTimeout(() => endStream(req, res), deadlineMs + DEADLINE_GRACE_MS);
@@ -199,6 +223,7 @@ export function createApiServer(opts: ApiServerOptions) {
     const info: RequestInfo = {
       reached: false,
       authorizationHeaders: countHeader(req.rawHeaders, "authorization"),
+      requestId,
     };
     const protocol = protocolOf(req.headers["content-type"]);
     const isDecision = uHandler.service.typeName === KeyPairService.typeName;
@@ -214,7 +239,7 @@ export function createApiServer(opts: ApiServerOptions) {
           replace: (err) => (info.reached ? undefined : reclassify(err, L.maxRequestBytes)),
           done: (sent, original) => {
             if (!isDecision || info.reached || !sent) return;
-            opts.audit?.(refusedEntry(req, sent, original, Date.now() - started));
+            opts.audit?.(refusedEntry(requestId, sent, original, Date.now() - started));
           },
         }),
       )
@@ -466,16 +491,14 @@ function countHeader(raw: string[], name: string): number {
 }
 
 function refusedEntry(
-  req: NodeRequest,
+  requestId: string,
   sent: ConnectError,
   original: ConnectError | undefined,
   durationMs: number,
 ): AuditEntry {
   const reason = sent.findDetails(ErrorDetailSchema)[0]?.reason;
   return {
-    requestId: requestIdFrom(
-      typeof req.headers["x-request-id"] === "string" ? req.headers["x-request-id"] : null,
-    ),
+    requestId,
     tenant: undefined,
     region: "",
     instances: [],

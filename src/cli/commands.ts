@@ -1,11 +1,12 @@
 /** `keygate <command>`: serve, dev, emulator, policy check, token. */
 import { randomBytes } from "node:crypto";
-import { loadSettings } from "../config/settings.js";
+import { buildRevisionFrom, loadSettings } from "../config/settings.js";
 import { createLogger } from "../observability/logger.js";
 import { startTracing } from "../observability/tracing.js";
 import { tokenSha256Hex } from "../policy/authenticate.js";
 import { checkPolicyFile } from "../policy/check-command.js";
 import { createApp } from "../main.js";
+import { buildInfo } from "../version.js";
 import { stopOnSignals } from "./signals.js";
 import { runDev } from "./dev.js";
 import { runEmulator } from "./emulator.js";
@@ -22,6 +23,7 @@ Commands:
                         run the CVM emulator alone (default port 9000)
   policy check FILE     validate a policy file; exit 0, or list every error and exit 1
   token                 print a new random bearer token and its sha256 for the policy file
+  version, --version    print keygate's version (and its source revision when the build recorded one)
   help, --help          show this text
 `;
 
@@ -38,6 +40,14 @@ export async function run(
     case "-h":
       process.stdout.write(HELP);
       return 0;
+    case "version":
+    case "--version":
+    case "-V": {
+      const revision = buildRevisionFrom(env);
+      const b = buildInfo(revision ?? undefined);
+      process.stdout.write(`keygate ${b.version} (revision ${b.revision}, node ${b.node})\n`);
+      return 0;
+    }
     case "token": {
       const token = randomBytes(32).toString("base64url");
       process.stdout.write(`token:  ${token}\nsha256: ${tokenSha256Hex(token)}\n`);

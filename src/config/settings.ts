@@ -41,6 +41,10 @@ export interface Settings {
   storeTimeoutMs: number;
   replicas: number;
   tls: { cert: string; key: string; clientCa: string | undefined } | undefined;
+  /** Browser origins allowed to call the API port (CORS preflights answered); empty = CORS off. */
+  corsOrigins: readonly string[];
+  /** The source revision of this build (KEYGATE_BUILD_REVISION, set by the image build), if known. */
+  buildRevision: string | undefined;
   /** Test only: SIGKILL this process when a request reaches this point. */
   testCrashAt: CrashPoint | undefined;
   /** Bounds on the API port, enforced before a request is parsed or authenticated (docs/decisions.md). */
@@ -186,6 +190,13 @@ export function loadSettings(env: Env, mode: "serve" | "dev" = "serve"): Setting
   if (clientCa !== undefined && cert === undefined)
     problems.push("KEYGATE_TLS_CLIENT_CA needs KEYGATE_TLS_CERT and KEYGATE_TLS_KEY");
 
+  const corsOrigins = parseCorsOrigins(str("KEYGATE_CORS_ORIGINS"), problems);
+  const buildRevision = buildRevisionFrom(env);
+  if (buildRevision === null)
+    problems.push(
+      "KEYGATE_BUILD_REVISION must be 1..64 characters of A-Z a-z 0-9 . _ - (a git revision or tag)",
+    );
+
   const testCrashAt = str("KEYGATE_TEST_CRASH_AT");
   if (testCrashAt !== undefined && !(CRASH_POINTS as readonly string[]).includes(testCrashAt)) {
     problems.push(`KEYGATE_TEST_CRASH_AT="${testCrashAt}" must be one of ${CRASH_POINTS.join(", ")}`);
@@ -228,7 +239,50 @@ export function loadSettings(env: Env, mode: "serve" | "dev" = "serve"): Setting
     storeTimeoutMs,
     replicas,
     tls: cert && key ? { cert, key, clientCa } : undefined,
+    corsOrigins: Object.freeze(corsOrigins),
+    buildRevision: buildRevision ?? undefined,
     testCrashAt: testCrashAt as CrashPoint | undefined,
     limits: Object.freeze(limits),
   });
+}
+
+/**
+ * The build's source revision, for `keygate --version` and keygate_build_info: undefined when not
+ * set, null when set to something that is not a plain revision or tag.
+ */
+export function buildRevisionFrom(env: Env): string | undefined | null {
+  const raw = env.KEYGATE_BUILD_REVISION?.trim();
+  if (raw === undefined || raw === "") return undefined;
+  return /^[A-Za-z0-9._-]{1,64}$/.test(raw) ? raw : null;
+}
+
+/**
+ * KEYGATE_CORS_ORIGINS: a comma-separated list of exact origins (scheme://host[:port]), or "*" alone.
+ * Empty or unset: CORS is off and preflights are refused.
+ */
+function parseCorsOrigins(raw: string | undefined, problems: string[]): string[] {
+  if (raw === undefined) return [];
+  const origins = raw
+    .split(",")
+    .map((o) => o.trim())
+    .filter((o) => o !== "");
+  if (origins.includes("*")) {
+    if (origins.length > 1)
+      problems.push('KEYGATE_CORS_ORIGINS: "*" allows every origin and cannot be combined with others');
+    return ["*"];
+  }
+  for (const o of origins) {
+    let ok = false;
+    try {
+      const u = new URL(o);
+      ok = (u.protocol === "http:" || u.protocol === "https:") && u.origin === o;
+    } catch {
+      ok = false;
+    }
+    if (!ok)
+      problems.push(
+        `KEYGATE_CORS_ORIGINS: "${o.slice(0, 100)}" is not an origin: write scheme://host[:port] with no path or trailing slash, e.g. https://console.example.com`,
+      );
+  }
+  return origins;
 }

@@ -2,10 +2,20 @@ import http from "node:http";
 import type { AddressInfo } from "node:net";
 import type { Registry } from "prom-client";
 
-/** Prometheus scrape endpoint on its own port, so the API port's NetworkPolicy can stay tight. */
-export function createMetricsServer(registry: Registry, host: string, port: number) {
+/** What /readyz reports; main.ts reads it from the same state the gRPC health service answers from. */
+export type Readiness = () => { ready: boolean; reason: string };
+
+/**
+ * The operator port: Prometheus scrapes `/metrics`; `/livez` and `/readyz` are plain-HTTP probes
+ * for kubelets and load balancers that cannot speak gRPC over the API port's TLS
+ * (docs/decisions.md, "HTTP probes on the metrics port"). Its own port, so the API port's
+ * NetworkPolicy can stay tight.
+ */
+export function createMetricsServer(registry: Registry, host: string, port: number, readiness: Readiness) {
   const server = http.createServer((req, res) => {
-    if (req.url === "/metrics" && req.method === "GET") {
+    const path = (req.url ?? "").split("?", 1)[0];
+    const isRead = req.method === "GET" || req.method === "HEAD";
+    if (path === "/metrics" && req.method === "GET") {
       registry
         .metrics()
         .then((body) => {
@@ -17,7 +27,12 @@ export function createMetricsServer(registry: Registry, host: string, port: numb
         });
       return;
     }
-    res.writeHead(404, { "content-type": "text/plain" }).end("see /metrics\n");
+    if (path === "/livez" && isRead) return text(res, 200, "ok\n");
+    if (path === "/readyz" && isRead) {
+      const r = readiness();
+      return text(res, r.ready ? 200 : 503, `${r.reason}\n`);
+    }
+    text(res, 404, "see /metrics, /livez, /readyz\n");
   });
   return {
     listen: () =>
@@ -31,4 +46,13 @@ export function createMetricsServer(registry: Registry, host: string, port: numb
         server.closeAllConnections();
       }),
   };
+}
+
+function text(res: http.ServerResponse, status: number, body: string): void {
+  res.writeHead(status, {
+    "content-type": "text/plain; charset=utf-8",
+    "cache-control": "no-store",
+    "content-length": Buffer.byteLength(body),
+  });
+  res.end(body);
 }

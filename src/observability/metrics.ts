@@ -2,16 +2,24 @@ import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom
 import { actionOfBucket } from "../core/actions.js";
 import type { BucketSpec } from "../core/ports.js";
 import type { LimiterHooks } from "../limiter/limiter.js";
+import { buildInfo } from "../version.js";
 
 /**
  * Every keygate metric, prefix `keygate_`. Labels are bounded: tenant names come from the
  * policy file, codes from the upstream's finite catalogue; instance ids never appear.
  */
-export function createMetrics(opts: { defaultMetrics?: boolean } = {}) {
+export function createMetrics(opts: { defaultMetrics?: boolean; revision?: string | undefined } = {}) {
   const registry = new Registry();
   if (opts.defaultMetrics !== false) collectDefaultMetrics({ register: registry, prefix: "keygate_" });
   const r = [registry];
   const collectHooks: (() => void)[] = [];
+  const build = buildInfo(opts.revision);
+  new Gauge({
+    name: "keygate_build_info",
+    help: "Always 1; the labels say which keygate build runs (version, source revision, Node.js version)",
+    labelNames: ["version", "revision", "node"] as const,
+    registers: r,
+  }).set(build, 1);
   return {
     registry,
     /** Runs before each scrape, to sample gauges owned by other components. */

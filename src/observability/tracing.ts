@@ -1,4 +1,12 @@
-import { SpanStatusCode, trace, type Span } from "@opentelemetry/api";
+import {
+  context,
+  propagation,
+  SpanKind,
+  SpanStatusCode,
+  trace,
+  type Span,
+  type TextMapGetter,
+} from "@opentelemetry/api";
 
 /**
  * OpenTelemetry tracing, off unless the standard OTEL_* variables ask for it. When off, the
@@ -34,13 +42,28 @@ export async function startTracing(
 
 const tracer = trace.getTracer("keygate");
 
-/** Runs `fn` inside a span named `name`, recording an error status when it throws. */
+/** Reads W3C trace context (`traceparent`, `tracestate`) from a Fetch API Headers object. */
+const headerGetter: TextMapGetter<Headers> = {
+  get: (carrier, key) => carrier.get(key) ?? undefined,
+  keys: (carrier) => [...carrier.keys()],
+};
+
+/**
+ * Runs `fn` inside a span named `name`, recording an error status when it throws. With the
+ * caller's request headers, the span is a server span that continues the caller's trace
+ * (W3C `traceparent`; the provider registers the W3C propagator), so keygate appears inside it.
+ */
 export function traced<T>(
   name: string,
   attributes: Record<string, string | number | boolean>,
   fn: (span: Span) => Promise<T>,
+  callerHeaders?: Headers,
 ): Promise<T> {
-  return tracer.startActiveSpan(name, { attributes }, async (span) => {
+  const parent = callerHeaders
+    ? propagation.extract(context.active(), callerHeaders, headerGetter)
+    : context.active();
+  const kind = callerHeaders ? SpanKind.SERVER : SpanKind.INTERNAL;
+  return tracer.startActiveSpan(name, { attributes, kind }, parent, async (span) => {
     try {
       return await fn(span);
     } catch (err) {
