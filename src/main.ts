@@ -101,6 +101,7 @@ export async function createApp(opts: AppOptions) {
   const upstream = createTencentUpstream({
     endpoint: settings.endpoint,
     upstreamUrl: settings.upstreamUrl,
+    proxy: settings.proxy,
     credential,
     reqTimeoutMs: settings.upstreamTimeoutMs,
   });

@@ -1,5 +1,6 @@
 import { CRASH_POINTS, type CrashPoint } from "../core/crash-point.js";
 import { parseRedisUrl } from "../store/redis.js";
+import { proxyUrlProblem, type ProxySettings } from "../upstream/proxy.js";
 
 /** Everything keygate reads from its environment, validated once and frozen. */
 export interface Settings {
@@ -14,6 +15,8 @@ export interface Settings {
     | { kind: "none" };
   endpoint: string;
   upstreamUrl: string | undefined;
+  /** HTTPS_PROXY, HTTP_PROXY, NO_PROXY (lower case wins): used for the cloud calls only. */
+  proxy: ProxySettings;
   rateLimit: number;
   describeRateLimit: number;
   /** DescribeInstances policy lookups per second per tenant, cluster-wide (0 = no budget). */
@@ -148,6 +151,21 @@ export function loadSettings(env: Env, mode: "serve" | "dev" = "serve"): Setting
     if (!ok) problems.push(`KEYGATE_UPSTREAM_URL="${upstreamUrl}" must be http(s)://host:port with no path`);
   }
 
+  // The usual spelling of proxy variables: either case, lower case first (as curl reads them).
+  const either = (name: string) => str(name.toLowerCase()) ?? str(name);
+  const proxy: ProxySettings = {
+    httpsProxy: either("HTTPS_PROXY"),
+    httpProxy: either("HTTP_PROXY"),
+    noProxy: either("NO_PROXY"),
+  };
+  for (const [name, value] of [
+    ["HTTPS_PROXY", proxy.httpsProxy],
+    ["HTTP_PROXY", proxy.httpProxy],
+  ] as const) {
+    const problem = value === undefined ? undefined : proxyUrlProblem(value);
+    if (problem) problems.push(`${name} ${problem}`);
+  }
+
   const rateLimit = int("KEYGATE_RATE_LIMIT", 10, 1, 1000);
   const describeRateLimit = int("KEYGATE_DESCRIBE_RATE_LIMIT", 40, 1, 1000);
   const lookupRatePerTenant = int("KEYGATE_LOOKUP_RATE_PER_TENANT", 20, 0, 1000);
@@ -206,6 +224,7 @@ export function loadSettings(env: Env, mode: "serve" | "dev" = "serve"): Setting
     credentials,
     endpoint,
     upstreamUrl,
+    proxy: Object.freeze(proxy),
     rateLimit,
     describeRateLimit,
     lookupRatePerTenant,
