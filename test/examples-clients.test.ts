@@ -4,6 +4,9 @@
  * keygate.v1.ErrorDetail decoded from a failed call. The toolchains are Debian packages that
  * .ci/run installs; a missing toolchain fails here rather than skipping (examples/README.md).
  */
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { Emulator } from "../src/upstream/emulator/index.js";
 import { startEmulator, startGateway, type TestGateway } from "./support/app.js";
@@ -42,9 +45,10 @@ interface Answer {
 async function run(
   command: string,
   args: string[],
+  env: Record<string, string>,
   token = TOKEN_A,
 ): Promise<{ code: number | null; answer: Answer }> {
-  const r = await runToEnd(command, args, cleanEnv({ KEYGATE_TOKEN: token }), 120_000);
+  const r = await runToEnd(command, args, cleanEnv({ ...env, KEYGATE_TOKEN: token }), 120_000);
   const line = r.stdout.trim().split("\n").pop() ?? "";
   let answer: Answer;
   try {
@@ -58,10 +62,13 @@ async function run(
 }
 
 /** The scenarios every example must pass, whatever its language. */
-function scenarios(client: () => { command: string; args: string[] }) {
+function scenarios(
+  deadline: string,
+  client: () => { command: string; args: string[]; env?: Record<string, string> },
+) {
   const call = (extra: string[], token?: string) => {
     const c = client();
-    return run(c.command, [...c.args, "--target", `127.0.0.1:${gw.port}`, ...extra], token);
+    return run(c.command, [...c.args, "--target", `127.0.0.1:${gw.port}`, ...extra], c.env ?? {}, token);
   };
   const key = () => `example-${Math.random().toString(36).slice(2)}`;
 
@@ -130,7 +137,7 @@ function scenarios(client: () => { command: string; args: string[] }) {
       "--key",
       "skey-bbbbbbbb",
       "--deadline",
-      "0.001",
+      deadline,
     ]);
     expect(r.answer).toMatchObject({ ok: false, code: "DEADLINE_EXCEEDED" });
   });
@@ -141,5 +148,26 @@ describe("examples/python (grpcio)", () => {
     const gen = await runToEnd("bash", ["examples/python/generate.sh"], cleanEnv(), 120_000);
     if (gen.code !== 0) throw new Error(`examples/python/generate.sh failed:\n${gen.stdout}\n${gen.stderr}`);
   }, 130_000);
-  scenarios(() => ({ command: PYTHON, args: ["examples/python/client.py"] }));
+  scenarios("0.001", () => ({ command: PYTHON, args: ["examples/python/client.py"] }));
+});
+
+describe("examples/go (grpc-go)", () => {
+  let build: string;
+  beforeAll(async () => {
+    build = mkdtempSync(join(tmpdir(), "keygate-go-example-"));
+    // Builds once (protoc-gen-go, protoc-gen-go-grpc, go build in GOPATH mode); -h then exits 0.
+    const r = await runToEnd(
+      "bash",
+      ["examples/go/run.sh", "-h"],
+      cleanEnv({ GO_EXAMPLE_BUILD: build }),
+      300_000,
+    );
+    if (r.code !== 0) throw new Error(`examples/go/run.sh failed:\n${r.stdout}\n${r.stderr}`);
+  }, 310_000);
+  afterAll(() => rmSync(build, { recursive: true, force: true }));
+  scenarios("1ms", () => ({
+    command: "bash",
+    args: ["examples/go/run.sh"],
+    env: { GO_EXAMPLE_BUILD: build },
+  }));
 });
