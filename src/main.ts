@@ -78,6 +78,7 @@ export async function createApp(opts: AppOptions) {
   // --- store ---------------------------------------------------------------------------------
   const store = await openSharedStore({
     url: settings.redisUrl,
+    caFile: settings.redisCaFile,
     connectionName: `keygate:${owner}`,
     timeoutMs: settings.storeTimeoutMs,
     onStoreDown: settings.onStoreDown,

@@ -1,3 +1,4 @@
+import { accessSync, constants } from "node:fs";
 import { CRASH_POINTS, type CrashPoint } from "../core/crash-point.js";
 import { parseRedisUrl } from "../store/redis.js";
 import { proxyUrlProblem, type ProxySettings } from "../upstream/proxy.js";
@@ -9,6 +10,8 @@ export interface Settings {
   metricsPort: number;
   policyFile: string | undefined;
   redisUrl: string | undefined;
+  /** KEYGATE_REDIS_CA_FILE: CA bundle trusted for rediss:// (and rediss+sentinel://, rediss+cluster://). */
+  redisCaFile: string | undefined;
   credentials:
     | { kind: "static"; secretId: string; secretKey: string; token: string | undefined }
     | { kind: "oidc"; roleArn: string | undefined }
@@ -108,6 +111,18 @@ export function loadSettings(env: Env, mode: "serve" | "dev" = "serve"): Setting
   if (redisUrl !== undefined) {
     const parsed = parseRedisUrl(redisUrl);
     if (!parsed.ok) problems.push(`KEYGATE_REDIS_URL ${parsed.error}`);
+  }
+  const redisCaFile = str("KEYGATE_REDIS_CA_FILE");
+  if (redisCaFile !== undefined) {
+    if (redisUrl === undefined || !redisUrl.startsWith("rediss"))
+      problems.push(
+        "KEYGATE_REDIS_CA_FILE needs a TLS KEYGATE_REDIS_URL (rediss://, rediss+sentinel://, rediss+cluster://)",
+      );
+    try {
+      accessSync(redisCaFile, constants.R_OK);
+    } catch {
+      problems.push(`KEYGATE_REDIS_CA_FILE="${redisCaFile}" cannot be read`);
+    }
   }
 
   const credKind = str("KEYGATE_CREDENTIALS", "env");
@@ -221,6 +236,7 @@ export function loadSettings(env: Env, mode: "serve" | "dev" = "serve"): Setting
     metricsPort,
     policyFile,
     redisUrl,
+    redisCaFile,
     credentials,
     endpoint,
     upstreamUrl,
