@@ -17,7 +17,9 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { loadSettings, SettingsError } from "../src/config/settings.js";
 import { KeyPairService } from "../src/gen/keygate/v1/keygate_pb.js";
 import type { Emulator } from "../src/upstream/emulator/index.js";
+import { isKeygateError } from "../src/core/errors.js";
 import { bypassesProxy } from "../src/upstream/proxy.js";
+import { createTencentUpstream } from "../src/upstream/tencent-upstream.js";
 import { startEmulator, startGateway } from "./support/app.js";
 import { TOKEN_A, TWO_TENANTS } from "./support/policies.js";
 import { killStrays, serveEnv, spawnKeygate, waitListening } from "./support/process.js";
@@ -168,6 +170,35 @@ describe("HTTP_PROXY for an http:// upstream", () => {
     } finally {
       await gw.stop();
       await proxy.close();
+    }
+  });
+});
+
+describe("a proxy that refuses", () => {
+  it("CONNECT answered 407 fails the call as UPSTREAM_UNAVAILABLE, naming the proxy's answer", async () => {
+    const refusing = http.createServer((_req, res) => res.end());
+    refusing.on("connect", (_req: http.IncomingMessage, socket: net.Socket) => {
+      socket.end("HTTP/1.1 407 Proxy Authentication Required\r\n\r\n");
+    });
+    await new Promise<void>((resolve) => refusing.listen(0, "127.0.0.1", resolve));
+    const port = (refusing.address() as AddressInfo).port;
+    const up = createTencentUpstream({
+      credential: { secretId: "AKIDPROXYTEST", secretKey: "proxy-test-secret" },
+      proxy: { httpsProxy: `http://u:hunter2@127.0.0.1:${port}`, httpProxy: undefined, noProxy: undefined },
+      keepAlive: false,
+    });
+    try {
+      const err = await up
+        .describeInstances("ap-guangzhou", ["ins-gz000001"], { signal: new AbortController().signal })
+        .catch((e: unknown) => e);
+      expect(isKeygateError(err)).toBe(true);
+      expect(err).toMatchObject({ reason: "UPSTREAM_UNAVAILABLE" });
+      expect((err as Error).message).toContain("407 Proxy Authentication Required");
+      expect((err as Error).message).not.toContain("hunter2");
+    } finally {
+      up.close();
+      refusing.closeAllConnections();
+      await new Promise<void>((resolve) => refusing.close(() => resolve()));
     }
   });
 });
