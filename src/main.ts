@@ -26,6 +26,7 @@ import { createInstanceCache } from "./policy/instance-cache.js";
 import { createPolicySource, createStaticPolicySource } from "./policy/source.js";
 import { openSharedStore } from "./store/shared-store.js";
 import { createMeteredDescribe } from "./upstream/metered-describe.js";
+import { cloudProxy } from "./upstream/proxy.js";
 import {
   createCredentialProvider,
   credentialIdentity,
@@ -107,6 +108,8 @@ export async function createApp(opts: AppOptions) {
     reqTimeoutMs: settings.upstreamTimeoutMs,
   });
   closers.push(() => Promise.resolve(upstream.close()));
+  const proxy = cloudProxy(settings.proxy, settings.endpoint, settings.upstreamUrl);
+  if (proxy) logger.info({ proxy }, "cloud calls go through a proxy");
   const scope = `${await credentialIdentity(credential)}:${settings.endpoint}`;
   const buckets = bucketsOf(scope, { associate: settings.rateLimit, describe: settings.describeRateLimit });
 

@@ -256,6 +256,7 @@ describe("HTTPS_PROXY for the cloud itself", () => {
         }),
       );
       const { api } = await waitListening(child);
+      expect(child.logs().find((l) => l.msg === "cloud calls go through a proxy")?.proxy).toBe(proxy.url);
       const client = createClient(
         KeyPairService,
         createGrpcTransport({ baseUrl: `http://127.0.0.1:${api}` }),

@@ -275,3 +275,24 @@ export function proxiedAgent(
     ? new TunnelHttpsAgent(via, target, keepAlive)
     : new ForwardHttpAgent(via, target, keepAlive);
 }
+
+/**
+ * The proxy the cloud calls will use, without credentials (`http://host:port`), for the start-up
+ * log; undefined when they go direct.
+ */
+export function cloudProxy(
+  proxy: ProxySettings | undefined,
+  endpoint: string,
+  upstreamUrl: string | undefined,
+): string | undefined {
+  let protocol: "http:" | "https:" = "https:";
+  let target: Target = { host: endpoint, port: 443 };
+  if (upstreamUrl !== undefined) {
+    const url = new URL(upstreamUrl);
+    protocol = url.protocol === "http:" ? "http:" : "https:";
+    const port = url.port === "" ? (protocol === "https:" ? 443 : 80) : Number(url.port);
+    target = { host: url.hostname.replace(/^\[(.*)\]$/, "$1"), port };
+  }
+  const via = proxyFor(proxy, protocol, target);
+  return via ? shown(via) : undefined;
+}
