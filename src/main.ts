@@ -27,6 +27,7 @@ import { createPolicySource, createStaticPolicySource } from "./policy/source.js
 import { openSharedStore } from "./store/shared-store.js";
 import { createDescribeBatcher } from "./upstream/describe-batcher.js";
 import { createMeteredDescribe } from "./upstream/metered-describe.js";
+import { cloudProxy } from "./upstream/proxy.js";
 import {
   createCredentialProvider,
   credentialIdentity,
@@ -82,6 +83,7 @@ export async function createApp(opts: AppOptions) {
   // --- store ---------------------------------------------------------------------------------
   const store = await openSharedStore({
     url: settings.redisUrl,
+    caFile: settings.redisCaFile,
     connectionName: `keygate:${owner}`,
     timeoutMs: settings.storeTimeoutMs,
     onStoreDown: settings.onStoreDown,
@@ -105,10 +107,13 @@ export async function createApp(opts: AppOptions) {
   const upstream = createTencentUpstream({
     endpoint: settings.endpoint,
     upstreamUrl: settings.upstreamUrl,
+    proxy: settings.proxy,
     credential,
     reqTimeoutMs: settings.upstreamTimeoutMs,
   });
   closers.push(() => Promise.resolve(upstream.close()));
+  const proxy = cloudProxy(settings.proxy, settings.endpoint, settings.upstreamUrl);
+  if (proxy) logger.info({ proxy }, "cloud calls go through a proxy");
   const scope = `${await credentialIdentity(credential)}:${settings.endpoint}`;
   const buckets = bucketsOf(scope, { associate: settings.rateLimit, describe: settings.describeRateLimit });
 

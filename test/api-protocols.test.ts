@@ -156,6 +156,16 @@ describe("one port serves every protocol", () => {
     ).catch((e: grpc.ServiceError) => e);
     expect((err as grpc.ServiceError).code).toBe(grpc.status.INVALID_ARGUMENT);
     expect((err as grpc.ServiceError).metadata.get("grpc-status-details-bin")).toHaveLength(1);
+    // grpc-js decodes grpc-message with decodeURI: the message must arrive as the spec encodes
+    // it (only non-printable bytes and '%'), or a caller reads "credentials%3A send ...".
+    const unauth = await call(
+      { region: "ap-guangzhou", instance_ids: ["ins-gz000002"], key_ids: ["skey-aaaaaaaa"] },
+      new grpc.Metadata(),
+    ).catch((e: grpc.ServiceError) => e);
+    expect((unauth as grpc.ServiceError).code).toBe(grpc.status.UNAUTHENTICATED);
+    expect((unauth as grpc.ServiceError).details).toBe(
+      "missing or unknown credentials: send `authorization: Bearer <token>`",
+    );
     client.close();
 
     const health = createClient(Health, createGrpcTransport({ baseUrl: gw.url }));

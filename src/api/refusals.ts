@@ -110,6 +110,7 @@ export async function rewriteStatus(
           for (const h of ["grpc-status", "grpc-message", "grpc-status-details-bin"]) trailer.delete(h);
           setTrailerStatus(trailer, next);
         }
+        respellGrpcMessage(trailer);
       }
     } finally {
       hooks.done(
@@ -194,13 +195,44 @@ function connectEnd(data: Uint8Array, swap: (err: ConnectError) => ConnectError 
   return next ? new TextEncoder().encode(JSON.stringify(endStreamToJson(end.metadata, next, {}))) : undefined;
 }
 
+/**
+ * Re-encodes `grpc-message` the way the gRPC HTTP/2 spec asks: only bytes outside printable
+ * ASCII, and `%` itself, are percent-encoded. The adapter encodes like encodeURIComponent
+ * (`:` becomes `%3A`), and grpc-js decodes with decodeURI, which leaves `%3A` as it is, so
+ * its callers saw escaped messages (docs/decisions/clients.md, "grpc-message spelling").
+ */
+export function respellGrpcMessage(trailer: Headers): Headers {
+  const sent = trailer.get("grpc-message");
+  if (sent === null) return trailer;
+  let text: string;
+  try {
+    text = decodeURIComponent(sent);
+  } catch {
+    return trailer;
+  }
+  trailer.set("grpc-message", grpcPercentEncode(text));
+  return trailer;
+}
+
+/** The spec's Percent-Encoded form of `text`: UTF-8 bytes 0x20..0x7E except `%` stay as they are. */
+export function grpcPercentEncode(text: string): string {
+  let out = "";
+  for (const byte of new TextEncoder().encode(text)) {
+    out +=
+      byte >= 0x20 && byte <= 0x7e && byte !== 0x25
+        ? String.fromCharCode(byte)
+        : `%${byte.toString(16).toUpperCase().padStart(2, "0")}`;
+  }
+  return out;
+}
+
 /** An error answer in the caller's protocol, for failures that happen outside the adapter. */
 export function errorResponse(protocol: Protocol, err: ConnectError): UniversalServerResponse {
   if (protocol === "grpc") {
     return {
       status: 200,
       header: new Headers({ "content-type": "application/grpc" }),
-      trailer: setTrailerStatus(new Headers(), err),
+      trailer: respellGrpcMessage(setTrailerStatus(new Headers(), err)),
       body: single(new Uint8Array(0)),
     };
   }

@@ -1,5 +1,7 @@
+import { accessSync, constants } from "node:fs";
 import { CRASH_POINTS, type CrashPoint } from "../core/crash-point.js";
 import { parseRedisUrl } from "../store/redis.js";
+import { proxyUrlProblem, type ProxySettings } from "../upstream/proxy.js";
 
 /** Everything keygate reads from its environment, validated once and frozen. */
 export interface Settings {
@@ -8,12 +10,16 @@ export interface Settings {
   metricsPort: number;
   policyFile: string | undefined;
   redisUrl: string | undefined;
+  /** KEYGATE_REDIS_CA_FILE: CA bundle trusted for rediss:// (and rediss+sentinel://, rediss+cluster://). */
+  redisCaFile: string | undefined;
   credentials:
     | { kind: "static"; secretId: string; secretKey: string; token: string | undefined }
     | { kind: "oidc"; roleArn: string | undefined }
     | { kind: "none" };
   endpoint: string;
   upstreamUrl: string | undefined;
+  /** HTTPS_PROXY, HTTP_PROXY, NO_PROXY (lower case wins): used for the cloud calls only. */
+  proxy: ProxySettings;
   rateLimit: number;
   describeRateLimit: number;
   /** DescribeInstances policy lookups per second per tenant, cluster-wide (0 = no budget). */
@@ -112,6 +118,18 @@ export function loadSettings(env: Env, mode: "serve" | "dev" = "serve"): Setting
     const parsed = parseRedisUrl(redisUrl);
     if (!parsed.ok) problems.push(`KEYGATE_REDIS_URL ${parsed.error}`);
   }
+  const redisCaFile = str("KEYGATE_REDIS_CA_FILE");
+  if (redisCaFile !== undefined) {
+    if (redisUrl === undefined || !redisUrl.startsWith("rediss"))
+      problems.push(
+        "KEYGATE_REDIS_CA_FILE needs a TLS KEYGATE_REDIS_URL (rediss://, rediss+sentinel://, rediss+cluster://)",
+      );
+    try {
+      accessSync(redisCaFile, constants.R_OK);
+    } catch {
+      problems.push(`KEYGATE_REDIS_CA_FILE="${redisCaFile}" cannot be read`);
+    }
+  }
 
   const credKind = str("KEYGATE_CREDENTIALS", "env");
   let credentials: Settings["credentials"] = { kind: "none" };
@@ -152,6 +170,21 @@ export function loadSettings(env: Env, mode: "serve" | "dev" = "serve"): Setting
       ok = false;
     }
     if (!ok) problems.push(`KEYGATE_UPSTREAM_URL="${upstreamUrl}" must be http(s)://host:port with no path`);
+  }
+
+  // The usual spelling of proxy variables: either case, lower case first (as curl reads them).
+  const either = (name: string) => str(name.toLowerCase()) ?? str(name);
+  const proxy: ProxySettings = {
+    httpsProxy: either("HTTPS_PROXY"),
+    httpProxy: either("HTTP_PROXY"),
+    noProxy: either("NO_PROXY"),
+  };
+  for (const [name, value] of [
+    ["HTTPS_PROXY", proxy.httpsProxy],
+    ["HTTP_PROXY", proxy.httpProxy],
+  ] as const) {
+    const problem = value === undefined ? undefined : proxyUrlProblem(value);
+    if (problem) problems.push(`${name} ${problem}`);
   }
 
   const rateLimit = int("KEYGATE_RATE_LIMIT", 10, 1, 1000);
@@ -217,9 +250,11 @@ export function loadSettings(env: Env, mode: "serve" | "dev" = "serve"): Setting
     metricsPort,
     policyFile,
     redisUrl,
+    redisCaFile,
     credentials,
     endpoint,
     upstreamUrl,
+    proxy: Object.freeze(proxy),
     rateLimit,
     describeRateLimit,
     lookupRatePerTenant,

@@ -7,7 +7,8 @@ export type RedisClient = Redis | Cluster;
 /**
  * Parses KEYGATE_REDIS_URL. Accepted forms:
  * - `redis://[user:pass@]host:port[/db]`, `rediss://…` (TLS)
- * - `redis+sentinel://[user:pass@]host1:port1,host2:port2/<master-name>[/db]`
+ * - `redis+sentinel://[user:pass@]host1:port1,host2:port2/<master-name>[/db]`, `rediss+sentinel://…`
+ *   (TLS to the Sentinels and the master)
  * - `redis+cluster://[user:pass@]host1:port1,host2:port2`
  * Returns a description of the problem instead of throwing, so config can list every error.
  */
@@ -74,7 +75,7 @@ function split(url: string): Parsed {
 export interface CreateRedisOptions {
   /** Name shown in Redis CLIENT LIST. */
   connectionName?: string;
-  /** Optional CA bundle for rediss:// */
+  /** KEYGATE_REDIS_CA_FILE: the CA bundle that signs the servers' certificates (rediss:// URLs). */
   caFile?: string | undefined;
   /** KEYGATE_STORE_TIMEOUT_MS: one command's limit. Default 1000. */
   timeoutMs?: number | undefined;
@@ -137,6 +138,8 @@ function openClient(url: string, opts: CreateRedisOptions): RedisClient {
       name,
       db: db ? Number(db) : 0,
       sentinelPassword: p.password,
+      // rediss+sentinel://: TLS to the Sentinels as well as to the master they name.
+      ...(tls ? { sentinelTLS: tls, enableTLSForSentinelMode: true } : {}),
     });
   }
   const first = p.hosts[0] ?? { host: "127.0.0.1", port: 6379 };

@@ -7,6 +7,8 @@ export interface SharedStoreOptions {
   /** KEYGATE_REDIS_URL; absent = no shared store (memory, one replica). */
   url: string | undefined;
   connectionName: string;
+  /** KEYGATE_REDIS_CA_FILE, for rediss:// URLs. */
+  caFile?: string | undefined;
   /** KEYGATE_STORE_TIMEOUT_MS: one command's budget, and the watchdog's measure of a hang. */
   timeoutMs: number;
   onStoreDown: "fail-closed" | "local-share";
@@ -47,7 +49,11 @@ export async function openSharedStore(options: SharedStoreOptions): Promise<{
     logger.warn("KEYGATE_REDIS_URL is not set: in-memory store, safe for ONE replica only");
     return { redis: undefined, epoch: undefined, close: () => Promise.resolve() };
   }
-  const redis = createRedis(url, { connectionName: options.connectionName, timeoutMs: options.timeoutMs });
+  const redis = createRedis(url, {
+    connectionName: options.connectionName,
+    timeoutMs: options.timeoutMs,
+    caFile: options.caFile,
+  });
   hooks.suspect(true);
   const epoch = createStoreEpoch({
     client: redis,

@@ -1,6 +1,7 @@
 import { Agent as HttpAgent, type ClientRequestArgs } from "node:http";
 import { Agent as HttpsAgent, type RequestOptions as HttpsRequestOptions } from "node:https";
 import type { Duplex } from "node:stream";
+import { proxiedAgent, type ProxySettings } from "./proxy.js";
 
 /**
  * What the SDK needs to reach `upstreamUrl` while still addressing `KEYGATE_ENDPOINT`: the
@@ -53,9 +54,19 @@ class RedirectHttpsAgent extends HttpsAgent {
   }
 }
 
-/** The route to the cloud: direct HTTPS, or via `upstreamUrl` (http:// emulator, https:// proxy). */
-export function createUpstreamRoute(upstreamUrl: string | undefined, keepAlive = true): UpstreamRoute {
-  if (upstreamUrl === undefined) return { protocol: "https://", agent: new HttpsAgent({ keepAlive }) };
+/**
+ * The route to the cloud: direct HTTPS, or via `upstreamUrl` (http:// emulator, https:// proxy);
+ * through HTTPS_PROXY/HTTP_PROXY when `proxy` names one for the host connected to (src/upstream/proxy.ts).
+ */
+export function createUpstreamRoute(
+  upstreamUrl: string | undefined,
+  keepAlive = true,
+  proxy?: { settings: ProxySettings; endpoint: string },
+): UpstreamRoute {
+  if (upstreamUrl === undefined) {
+    const agent = proxy && proxiedAgent(proxy.settings, proxy.endpoint, "https:", undefined, keepAlive);
+    return { protocol: "https://", agent: agent ?? new HttpsAgent({ keepAlive }) };
+  }
   const url = new URL(upstreamUrl);
   const https = url.protocol === "https:";
   if (!https && url.protocol !== "http:")
@@ -64,6 +75,9 @@ export function createUpstreamRoute(upstreamUrl: string | undefined, keepAlive =
     host: url.hostname.replace(/^\[(.*)\]$/, "$1"),
     port: url.port === "" ? (https ? 443 : 80) : Number(url.port),
   };
+  const agent =
+    proxy && proxiedAgent(proxy.settings, proxy.endpoint, https ? "https:" : "http:", target, keepAlive);
+  if (agent) return { protocol: https ? "https://" : "http://", agent };
   return https
     ? { protocol: "https://", agent: new RedirectHttpsAgent(target, keepAlive) }
     : { protocol: "http://", agent: new RedirectHttpAgent(target, keepAlive) };

@@ -5,6 +5,7 @@ import type { AssociateInput } from "../core/model.js";
 import type { CallOptions, Upstream } from "../core/ports.js";
 import type { CloudCredential, CredentialProvider } from "./credentials.js";
 import { parseInstanceSet } from "./parse-instances.js";
+import type { ProxySettings } from "./proxy.js";
 import { createUpstreamRoute } from "./redirect-agent.js";
 import { CREDENTIAL_FAILURE_PREFIX, redactSecrets, toKeygateError, type LocalAbort } from "./sdk-errors.js";
 
@@ -36,6 +37,8 @@ export interface TencentUpstreamOptions {
   clock?: Clock;
   /** Keep connections open between calls (default true). */
   keepAlive?: boolean;
+  /** HTTPS_PROXY/HTTP_PROXY/NO_PROXY (src/upstream/proxy.ts); none = direct. */
+  proxy?: ProxySettings | undefined;
 }
 
 /** The SDK-facing upstream plus a way to release its sockets. */
@@ -56,7 +59,11 @@ export function createTencentUpstream(options: TencentUpstreamOptions): TencentU
   const endpoint = options.endpoint ?? DEFAULT_ENDPOINT;
   const clock = options.clock ?? systemClock;
   const reqTimeoutMs = options.reqTimeoutMs ?? 10_000;
-  const route = createUpstreamRoute(options.upstreamUrl, options.keepAlive ?? true);
+  const route = createUpstreamRoute(
+    options.upstreamUrl,
+    options.keepAlive ?? true,
+    options.proxy && { settings: options.proxy, endpoint },
+  );
   const source = options.credential;
   // Secrets handed to the SDK recently, scrubbed from any error text (G6).
   const secrets = new Set<string>();

@@ -14,7 +14,7 @@ export function cleanEnv(extra: Record<string, string> = {}): Record<string, str
   const out: Record<string, string> = {};
   for (const [k, v] of Object.entries(process.env)) {
     if (v === undefined) continue;
-    if (/^(KEYGATE_|TENCENTCLOUD_|OTEL_|TKE_)/.test(k)) continue;
+    if (/^(KEYGATE_|TENCENTCLOUD_|OTEL_|TKE_)/.test(k) || /^(https?|no)_proxy$/i.test(k)) continue;
     out[k] = v;
   }
   return { ...out, ...extra };

@@ -13,13 +13,13 @@ export interface RedisTopology {
   stop(): Promise<void>;
 }
 
-function launch(args: string[], cwd: string): number {
+export function launch(args: string[], cwd: string): number {
   const child = spawn("redis-server", args, { cwd, stdio: "ignore" });
   child.unref();
   return child.pid ?? 0;
 }
 
-function stopper(pids: number[], dir: string) {
+export function stopper(pids: number[], dir: string) {
   return async () => {
     for (const pid of pids) {
       try {
