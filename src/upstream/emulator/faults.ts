@@ -15,7 +15,8 @@ import { z } from "zod";
  * - `code`: any cloud error code (the rule's `code`, optional `message`), answered in the normal
  *   envelope with a RequestId, nothing applied: every code the API page lists can be produced.
  * - `taskFailed`: applied and answered OK, but the cloud tasks it starts end FAILED (with the
- *   rule's `message` as LatestOperationErrorMsg) and bind nothing.
+ *   rule's `message` as LatestOperationErrorMsg) and bind nothing (AssociateInstancesKeyPairs
+ *   unless the rule names another action).
  * - the rest: shorthands for `code` with a fixed code, answered in the normal envelope.
  *   `mutexTaskRunning` / `operationInProgress` (and `code` with a busy code) hit only
  *   AssociateInstancesKeyPairs unless the rule names another action, so DescribeInstances keeps
@@ -145,8 +146,12 @@ export function createFaults(random: () => number = Math.random): Faults {
     latency: () => current.latencyMs + (current.jitterMs > 0 ? random() * current.jitterMs : 0),
     pick(action, instanceIds = []) {
       for (const [i, rule] of current.rules.entries()) {
-        const busy = BUSY_KINDS.has(rule.kind) || (rule.code !== undefined && isBusyCode(rule.code));
-        const only = rule.action ?? (busy ? BUSY_DEFAULT_ACTION : undefined);
+        // Busy codes and failed tasks only make sense for the action that starts tasks.
+        const associateOnly =
+          BUSY_KINDS.has(rule.kind) ||
+          rule.kind === "taskFailed" ||
+          (rule.code !== undefined && isBusyCode(rule.code));
+        const only = rule.action ?? (associateOnly ? BUSY_DEFAULT_ACTION : undefined);
         if (only !== undefined && only !== action) continue;
         if (rule.instanceIds && !rule.instanceIds.some((id) => instanceIds.includes(id))) continue;
         const left = remaining.get(i);
