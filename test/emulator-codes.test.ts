@@ -6,7 +6,9 @@
  */
 import { readFileSync } from "node:fs";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
+import { runEmulator } from "../src/cli/emulator.js";
 import { isKeygateError } from "../src/core/errors.js";
+import { isIdle } from "../src/leases/task-watcher.js";
 import type { AssociateInput } from "../src/core/model.js";
 import {
   createEmulator,
@@ -402,6 +404,63 @@ describe.each<ForceStopReading>(["stopped-only", "shutdown-first"])(
     });
   },
 );
+
+describe("keygate emulator flags and the idle predicate", () => {
+  it("refuses an unknown ForceStop reading or lag with exit 2, before starting anything", async () => {
+    expect(await runEmulator(["--force-stop", "sideways"])).toBe(2);
+    expect(await runEmulator(["--busy-lag-ms", "-5"])).toBe(2);
+  });
+
+  it("idle = no task running and not in a state that ends by itself", () => {
+    const at = (instanceState: string, latestOperationState: "OPERATING" | "SUCCESS" | null = "SUCCESS") => ({
+      instanceState,
+      latestOperationState,
+    });
+    expect(isIdle(at("STOPPED"))).toBe(true);
+    expect(isIdle(at("RUNNING", null))).toBe(true);
+    expect(isIdle(at("STOPPED", "OPERATING"))).toBe(false);
+    for (const s of [
+      "PENDING",
+      "STARTING",
+      "STOPPING",
+      "REBOOTING",
+      "EXIT_RESCUE_MODE",
+      "ENTER_SERVICE_LIVE_MIGRATE",
+    ]) {
+      expect(isIdle(at(s)), s).toBe(false);
+    }
+    // Ends only when someone acts: idle, and the cloud's answer is a precondition.
+    for (const s of ["SHUTDOWN", "RESCUE_MODE", "LAUNCH_FAILED"]) expect(isIdle(at(s)), s).toBe(true);
+  });
+});
+
+describe("emulator: key pairs are regional", () => {
+  it("a key pair exists only in the regions it names", async () => {
+    const emu = await createEmulator({
+      inventory: {
+        instances: [
+          ...["ap-guangzhou", "ap-shanghai"].map((region, i) => ({
+            instanceId: `ins-kr00000${i}`,
+            region,
+            zone: `${region}-1`,
+            projectId: 0,
+            osName: "TencentOS Server 3.1 (TK4)",
+            instanceState: "STOPPED",
+          })),
+        ],
+        keyPairs: [
+          { keyId: "skey-gzonly01", region: "ap-guangzhou" },
+          { keyId: "skey-both0001", region: ["ap-guangzhou", "ap-shanghai"] },
+        ],
+      },
+    });
+    expect(emu.inventory.hasKeyPair("ap-guangzhou", "skey-gzonly01")).toBe(true);
+    expect(emu.inventory.hasKeyPair("ap-shanghai", "skey-gzonly01")).toBe(false);
+    expect(emu.inventory.hasKeyPair("ap-shanghai", "skey-both0001")).toBe(true);
+    expect(emu.inventory.hasKeyPair("ap-beijing", "skey-both0001")).toBe(false);
+    await emu.close();
+  });
+});
 
 describe("emulator admin: busy and state routes", () => {
   let emu: Emulator;

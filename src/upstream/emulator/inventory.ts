@@ -22,10 +22,13 @@ export interface InstanceSpec {
   normalShutdownFails?: boolean | undefined;
 }
 
-/** A key pair; without `region` it exists in every region (real ones are regional). */
+/**
+ * A key pair. Real key pairs are regional: name the region, or the regions it was imported into.
+ * Without `region` it exists in every region, a shorthand for tests that do not care.
+ */
 export interface KeyPairSpec {
   keyId: string;
-  region?: string | undefined;
+  region?: string | string[] | undefined;
 }
 
 export interface InventorySpec {
@@ -52,7 +55,12 @@ const inventorySchema = z
   .object({
     instances: z.array(instanceSchema),
     keyPairs: z.array(
-      z.object({ keyId: z.string().regex(/^skey-[a-z0-9]{8}$/), region: z.string().optional() }).strict(),
+      z
+        .object({
+          keyId: z.string().regex(/^skey-[a-z0-9]{8}$/),
+          region: z.union([z.string().min(1), z.array(z.string().min(1)).min(1)]).optional(),
+        })
+        .strict(),
     ),
   })
   .strict();
@@ -116,8 +124,8 @@ export function defaultInventory(): InventorySpec {
       inst(sh(5), "REBOOTING", 1002, { owner: "team-b" }),
     ],
     keyPairs: [
-      { keyId: "skey-aaaaaaaa" },
-      { keyId: "skey-bbbbbbbb" },
+      { keyId: "skey-aaaaaaaa", region: ["ap-guangzhou", "ap-shanghai"] },
+      { keyId: "skey-bbbbbbbb", region: ["ap-guangzhou", "ap-shanghai"] },
       { keyId: "skey-cccccccc", region: "ap-guangzhou" },
       { keyId: "skey-dddddddd", region: "ap-shanghai" },
     ],
@@ -274,7 +282,12 @@ export function createInventory(spec: InventorySpec, clock: Clock): Inventory {
       return [...slots.values()].map((s) => copy(settle(s)));
     },
     hasKeyPair(region, keyId) {
-      return spec.keyPairs.some((k) => k.keyId === keyId && (k.region === undefined || k.region === region));
+      return spec.keyPairs.some(
+        (k) =>
+          k.keyId === keyId &&
+          (k.region === undefined ||
+            (Array.isArray(k.region) ? k.region.includes(region) : k.region === region)),
+      );
     },
     busyCode(instanceId) {
       const slot = slots.get(instanceId);
