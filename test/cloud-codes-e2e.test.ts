@@ -234,6 +234,74 @@ describe("every code on the API page, end to end through a running gateway", () 
   }, 20_000);
 });
 
+describe("cloud tasks that fail, and a busy answer lagging behind DescribeInstances", () => {
+  const ID = "ins-cctask01";
+  let emulator: Emulator;
+  let gw: TestGateway;
+  beforeAll(async () => {
+    emulator = await createEmulator({
+      host: "127.0.0.1",
+      port: 0,
+      taskMs: 200,
+      // After a task ended, the action says busy for 700 ms more while DescribeInstances shows idle.
+      busyLagMs: 700,
+      inventory: {
+        instances: [
+          {
+            instanceId: ID,
+            region: REGION,
+            zone: "ap-guangzhou-3",
+            projectId: 0,
+            osName: "TencentOS Server 3.1 (TK4)",
+            instanceState: "STOPPED",
+          },
+        ],
+        keyPairs: [
+          { keyId: "skey-aaaaaaaa", region: REGION },
+          { keyId: "skey-bbbbbbbb", region: REGION },
+        ],
+      },
+    });
+    gw = await startGateway({ emulator, policyText: opsPolicy(TOKEN), env: { KEYGATE_TASK_POLL_MS: "50" } });
+  }, 30_000);
+  afterAll(async () => {
+    await gw?.stop();
+    await emulator?.close();
+  });
+  const call = (keyId: string) =>
+    createClient(
+      KeyPairService,
+      createConnectTransport({ baseUrl: gw.url, httpVersion: "1.1" }),
+    ).associateKeyPairs(
+      { region: REGION, instanceIds: [ID], keyIds: [keyId], waitForCompletion: true },
+      { headers, timeoutMs: 8_000 },
+    );
+
+  it("a task that ends FAILED is reported FAILED with the cloud's message; then the lag is waited out", async () => {
+    emulator.faults.set({ rules: [{ kind: "taskFailed", message: "guest agent did not answer", next: 1 }] });
+    const failed = await call("skey-aaaaaaaa");
+    expect(failed.instances.map((i) => [i.state, i.message])).toEqual([
+      ["FAILED", "guest agent did not answer"],
+    ]);
+    expect(emulator.inventory.all()[0]?.keyIds).toEqual([]);
+    // Right after: DescribeInstances shows the instance idle, the action still says busy (the lag).
+    // keygate backs off, resends, and succeeds within the deadline. (Another key: the same request
+    // would join the first one's outcome within the join window.)
+    const from = emulator.stats.arrivals.length;
+    const ok = await call("skey-bbbbbbbb");
+    expect(ok.instances.map((i) => i.state)).toEqual(["SUCCESS"]);
+    const outcomes = emulator.stats.arrivals
+      .slice(from)
+      .filter((a) => a.action === ASSOCIATE)
+      .map((a) => a.outcome);
+    expect(outcomes[0]).toBe("MutexOperation.TaskRunning");
+    expect(outcomes.at(-1)).toBe("OK");
+    expect(emulator.inventory.all()[0]?.keyIds).toEqual(["skey-bbbbbbbb"]);
+    // The lag's busy answers were a real task's, not injected ones.
+    expect(emulator.stats.perInstance()[ID]?.mutexAnswers).toBeGreaterThan(0);
+  }, 20_000);
+});
+
 describe.each<ForceStopReading>(["stopped-only", "shutdown-first"])(
   "ForceStop read as %s: a tenant without force_stop never forces a shutdown",
   (reading) => {
