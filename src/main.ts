@@ -19,7 +19,7 @@ import { DEFAULT_BOOK_AHEAD_MS } from "./limiter/limiter.js";
 import { spanOf } from "./limiter/window.js";
 import { createAuditSink } from "./observability/audit.js";
 import type { Logger } from "./observability/logger.js";
-import { createMetrics, limiterMetrics } from "./observability/metrics.js";
+import { createMetrics, limiterMetrics, recordUpstreamCall } from "./observability/metrics.js";
 import { createMetricsServer } from "./observability/metrics-server.js";
 import { createPolicyGate } from "./policy/gate.js";
 import { createInstanceCache } from "./policy/instance-cache.js";
@@ -145,10 +145,7 @@ export async function createApp(opts: AppOptions) {
     bucket: buckets.describe,
     tenantBudget: settings.lookupRatePerTenant,
     hooks: {
-      call: (code, seconds) => {
-        metrics.upstreamCalls.inc({ action: DESCRIBE_ACTION, code });
-        metrics.upstreamDuration.observe({ action: DESCRIBE_ACTION }, seconds);
-      },
+      call: (code, seconds) => recordUpstreamCall(metrics, DESCRIBE_ACTION, code, seconds),
       late: () => metrics.limiterWastedGrants.inc({ action: DESCRIBE_ACTION, reason: "late" }),
     },
   });
@@ -191,10 +188,7 @@ export async function createApp(opts: AppOptions) {
     resendHorizonMs: 2 * settings.upstreamTimeoutMs,
     hooks: {
       audit,
-      upstreamCall: (action, code, seconds) => {
-        metrics.upstreamCalls.inc({ action, code });
-        metrics.upstreamDuration.observe({ action }, seconds);
-      },
+      upstreamCall: (action, code, seconds) => recordUpstreamCall(metrics, action, code, seconds),
       leaseWait: (seconds) => metrics.leaseWait.observe(seconds),
       dedupJoin: () => metrics.dedupJoins.inc(),
       backgroundError: (err, requestId) =>

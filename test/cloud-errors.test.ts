@@ -17,8 +17,11 @@ import {
   retryPolicy,
   treatmentOfKind,
   UNKNOWN_CODE_ROW,
+  OPERATOR_PROBLEM_MESSAGE,
+  TRANSITIONAL_INSTANCE_STATES,
 } from "../src/core/cloud-errors.js";
 import type { ErrorKind } from "../src/core/errors.js";
+import { failureOutcome, isFinal } from "../src/dedup/outcome.js";
 
 /** A code a row matches: itself, or an invented sub-code for `Name.*` and `*.Suffix` rows. */
 const sampleOf = (row: string) =>
@@ -61,18 +64,13 @@ const expected: [row: string, kind: CloudErrorKind, status: ErrorKind, action: C
   ["OperationDenied.*", "precondition", "failed_precondition", "answer"],
   ["LimitExceeded", "precondition", "failed_precondition", "answer"],
   ["FailedOperation", "precondition", "failed_precondition", "answer"],
-  // Today transitional states are answered like preconditions; SPEC's later issue makes them waits.
-  ["UnsupportedOperation.InstanceStatePending", "transitional", "failed_precondition", "answer"],
-  ["UnsupportedOperation.InstanceStateStarting", "transitional", "failed_precondition", "answer"],
-  ["UnsupportedOperation.InstanceStateStopping", "transitional", "failed_precondition", "answer"],
-  ["UnsupportedOperation.InstanceStateRebooting", "transitional", "failed_precondition", "answer"],
-  ["UnsupportedOperation.InstanceStateExitRescueMode", "transitional", "failed_precondition", "answer"],
-  [
-    "UnsupportedOperation.InstanceStateEnterServiceLiveMigrate",
-    "transitional",
-    "failed_precondition",
-    "answer",
-  ],
+  // Transitional states end by themselves: waited out like a busy instance (never "don't retry").
+  ["UnsupportedOperation.InstanceStatePending", "transitional", "aborted", "wait"],
+  ["UnsupportedOperation.InstanceStateStarting", "transitional", "aborted", "wait"],
+  ["UnsupportedOperation.InstanceStateStopping", "transitional", "aborted", "wait"],
+  ["UnsupportedOperation.InstanceStateRebooting", "transitional", "aborted", "wait"],
+  ["UnsupportedOperation.InstanceStateExitRescueMode", "transitional", "aborted", "wait"],
+  ["UnsupportedOperation.InstanceStateEnterServiceLiveMigrate", "transitional", "aborted", "wait"],
   ["MutexOperation.*", "busy", "aborted", "wait"],
   ["MutexOperation.TaskRunning", "busy", "aborted", "wait"],
   ["OperationDenied.InstanceOperationInProgress", "busy", "aborted", "wait"],
@@ -87,12 +85,12 @@ const expected: [row: string, kind: CloudErrorKind, status: ErrorKind, action: C
   ["ServiceUnavailable.*", "transient", "unavailable", "retry"],
   ["ResourceUnavailable", "transient", "unavailable", "retry"],
   ["ResourceUnavailable.*", "transient", "unavailable", "retry"],
-  ["AuthFailure", "operator_problem", "unavailable", "answer"],
-  ["AuthFailure.*", "operator_problem", "unavailable", "answer"],
-  ["UnauthorizedOperation", "operator_problem", "unavailable", "answer"],
-  ["UnauthorizedOperation.*", "operator_problem", "unavailable", "answer"],
-  ["UnauthorizedOperation.MFAExpired", "operator_problem", "unavailable", "answer"],
-  ["UnauthorizedOperation.MFANotFound", "operator_problem", "unavailable", "answer"],
+  ["AuthFailure", "operator_problem", "failed_precondition", "answer"],
+  ["AuthFailure.*", "operator_problem", "failed_precondition", "answer"],
+  ["UnauthorizedOperation", "operator_problem", "failed_precondition", "answer"],
+  ["UnauthorizedOperation.*", "operator_problem", "failed_precondition", "answer"],
+  ["UnauthorizedOperation.MFAExpired", "operator_problem", "failed_precondition", "answer"],
+  ["UnauthorizedOperation.MFANotFound", "operator_problem", "failed_precondition", "answer"],
   ["InvalidAction", "unexpected", "internal", "answer"],
   ["ActionOffline", "unexpected", "internal", "answer"],
   ["NoSuchVersion", "unexpected", "internal", "answer"],
@@ -150,6 +148,94 @@ describe("the cloud error table", () => {
       const name = Code[codeOfKind[kind]].replace(/([a-z])([A-Z])/g, "$1_$2").toUpperCase();
       expect(name.replace("CANCELED", "CANCELLED")).toBe(kind.toUpperCase());
     }
+  });
+});
+
+describe("the API page's codes", () => {
+  const fixture = readFileSync(new URL("./fixtures/api-page-codes.txt", import.meta.url), "utf8")
+    .split("\n")
+    .map((l) => l.trim())
+    .filter((l) => l !== "" && !l.startsWith("#"));
+
+  it("the fixture holds the page's 29 codes, each once", () => {
+    expect(fixture).toHaveLength(29);
+    expect(new Set(fixture).size).toBe(29);
+  });
+
+  it("keygate's table marks exactly the page's codes, each with a row of its own", () => {
+    const marked = cloudErrorTable.filter((r) => r.page).map((r) => r.code);
+    expect([...marked].sort()).toEqual([...fixture].sort());
+    for (const code of fixture) expect(classify(code).row.code, code).toBe(code);
+  });
+});
+
+describe("what a caller can act on", () => {
+  /** Written by hand: the retry_after_ms of each kind (absent = a retry alone does not help). */
+  const retryAfter: Record<CloudErrorKind, number | undefined> = {
+    caller_mistake: undefined,
+    not_found: undefined,
+    precondition: undefined,
+    busy: 1_000,
+    transitional: 1_000,
+    rate_limited: 1_000,
+    transient: 1_000,
+    operator_problem: undefined,
+    unexpected: undefined,
+  };
+
+  it.each([...cloudErrorTable, UNKNOWN_CODE_ROW].map((r): [string, CloudErrorRow] => [r.code, r]))(
+    "%s carries the retry_after_ms of its kind, in the table and in the error",
+    (_code, row) => {
+      const code = sampleOf(row.code);
+      expect(classify(code).retryAfterMs).toBe(retryAfter[row.kind]);
+      expect(cloudCodeError(code, "m").retryAfterMs).toBe(retryAfter[row.kind]);
+    },
+  );
+
+  it("an explicit retry_after_ms wins over the table's", () => {
+    expect(cloudCodeError("MutexOperation.TaskRunning", "m", { retryAfterMs: 5 }).retryAfterMs).toBe(5);
+  });
+
+  it("nothing that resolves by itself is FAILED_PRECONDITION, and no operator problem invites blind retries", () => {
+    for (const row of [...cloudErrorTable, UNKNOWN_CODE_ROW]) {
+      const m = classify(sampleOf(row.code));
+      if (["busy", "transitional", "transient", "rate_limited"].includes(row.kind)) {
+        expect(m.status, row.code).not.toBe("failed_precondition");
+      }
+      if (row.kind === "operator_problem") expect(m.status, row.code).toBe("failed_precondition");
+    }
+    for (const state of [
+      "PENDING",
+      "STARTING",
+      "STOPPING",
+      "REBOOTING",
+      "EXIT_RESCUE_MODE",
+      "ENTER_SERVICE_LIVE_MIGRATE",
+    ]) {
+      expect(TRANSITIONAL_INSTANCE_STATES.has(state), state).toBe(true);
+    }
+    for (const state of ["STOPPED", "RUNNING", "SHUTDOWN", "RESCUE_MODE", "LAUNCH_FAILED"]) {
+      expect(TRANSITIONAL_INSTANCE_STATES.has(state), state).toBe(false);
+    }
+  });
+
+  it("an operator problem tells the caller it is keygate's cloud identity, not them", () => {
+    const e = cloudCodeError("UnauthorizedOperation.MFAExpired", "UnauthorizedOperation.MFAExpired: mfa", {
+      upstreamCode: "UnauthorizedOperation.MFAExpired",
+    });
+    expect(e.message.startsWith(OPERATOR_PROBLEM_MESSAGE)).toBe(true);
+    expect(e.message).toContain("mfa");
+    expect(e).toMatchObject({ kind: "failed_precondition", reason: "UnauthorizedOperation.MFAExpired" });
+    expect(cloudCodeError("InvalidInstanceId.NotFound", "nf").message).toBe("nf");
+  });
+
+  it("final outcomes only: an operator problem is not kept, a real precondition and a result are", () => {
+    const err = (code: string) => cloudCodeError(code, code, { upstreamCode: code });
+    expect(isFinal(failureOutcome(err("AuthFailure.SecretIdNotFound")))).toBe(false);
+    expect(isFinal(failureOutcome(err("UnauthorizedOperation.MFANotFound")))).toBe(false);
+    expect(isFinal(failureOutcome(err("UnsupportedOperation.InstanceStateRunning")))).toBe(true);
+    expect(isFinal(failureOutcome(err("UnsupportedOperation.InstanceStateStopping")))).toBe(false);
+    expect(isFinal({ ok: true, result: { requestId: "r", deduplicated: false, instances: [] } })).toBe(true);
   });
 });
 
@@ -220,7 +306,20 @@ describe("nextStep, the retry decision", () => {
     ["garbled reply", noAnswer("UPSTREAM_BAD_RESPONSE"), 2, Infinity, backoff(1_600)],
     ["caller's deadline inside the adapter", noAnswer("DEADLINE_EXCEEDED"), 0, 5_000, answer],
     ["caller cancelled", noAnswer("CANCELLED"), 0, 5_000, answer],
-    ["transitional state", failure("UnsupportedOperation.InstanceStateStopping"), 0, 5_000, answer],
+    [
+      "transitional state",
+      failure("UnsupportedOperation.InstanceStateStopping"),
+      0,
+      5_000,
+      backoff(400, false),
+    ],
+    [
+      "transitional state at the deadline",
+      failure("UnsupportedOperation.InstanceStatePending"),
+      0,
+      0,
+      answer,
+    ],
     ["operator problem", failure("AuthFailure.SignatureFailure"), 0, 5_000, answer],
     ["not found", failure("InvalidInstanceId.NotFound"), 0, 5_000, answer],
     ["unknown code", failure("SomethingNew"), 0, 5_000, answer],
@@ -318,6 +417,7 @@ describe("the README's error tables agree with the table", () => {
       const line = byCode.get(row.code) ?? [];
       expect(line[2], row.code).toBe(meaning.status.toUpperCase());
       expect(line[3], row.code).toContain(actionWords[meaning.action]);
+      expect(line[4], row.code).toBe(meaning.retryAfterMs === undefined ? "—" : String(meaning.retryAfterMs));
     }
   });
 

@@ -38,7 +38,7 @@ function info(id: string, over: Partial<InstanceInfo> = {}): InstanceInfo {
   };
 }
 
-type Behaviour = "ok" | "lost" | "busy" | "internal";
+type Behaviour = "ok" | "lost" | "busy" | "internal" | "mfa";
 
 /** A small cloud: tasks last `taskMs`; `script` says what each AssociateInstancesKeyPairs does. */
 function fakeCloud(clock: FakeClock, ids: string[], taskMs = 1_000) {
@@ -97,6 +97,12 @@ function fakeCloud(clock: FakeClock, ids: string[], taskMs = 1_000) {
           return Promise.reject(
             cloudCodeError("MutexOperation.TaskRunning", "busy", {
               upstreamCode: "MutexOperation.TaskRunning",
+            }),
+          );
+        if (what === "mfa")
+          return Promise.reject(
+            cloudCodeError("UnauthorizedOperation.MFAExpired", "mfa", {
+              upstreamCode: "UnauthorizedOperation.MFAExpired",
             }),
           );
         if (what === "internal")
@@ -304,6 +310,15 @@ describe("the send path", () => {
     expect(t.marks.map(([p]) => p)).toEqual(["sending", "uncertain", "sent"]);
     expect(t.marks[2]?.[1]).toEqual({ requestId: "req-1" });
     expect(t.audits[0]).toMatchObject({ attempts: 1, upstreamRequestId: "req-1", decision: "allowed" });
+  });
+
+  it("a refusal with a code leaves the record claimed: nothing is on its way, a rerun need not wait", async () => {
+    const t = setup();
+    t.cloud.script.push("mfa");
+    const err = await t.run(t.associate());
+    expect(err).toMatchObject({ kind: "failed_precondition", reason: "UnauthorizedOperation.MFAExpired" });
+    expect(t.cloud.calls).toHaveLength(1);
+    expect(t.marks.map(([p]) => p)).toEqual(["sending", "claimed"]);
   });
 
   it("a send that never reached the cloud is sent again once reconciling shows nothing applied", async () => {

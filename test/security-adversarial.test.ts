@@ -402,16 +402,20 @@ describe("a tenant removed by a policy reload", () => {
   it("loses access as soon as the new ConfigMap version is in force", async () => {
     const req = { region: "ap-guangzhou", instanceIds: ["ins-gz000007"], keyIds: ["skey-cccccccc"] };
     // Control: team-c's token works before the reload (team-c's instance is STOPPING, so the
-    // cloud itself refuses; what matters is that keygate let it through to the cloud).
+    // cloud itself refuses, and keygate waits that state out until the deadline, resending; what
+    // matters is that keygate let it through to the cloud).
     const before = await client()
-      .associateKeyPairs(req, { headers: bearer(TOKEN_C), timeoutMs: 10_000 })
+      .associateKeyPairs(req, { headers: bearer(TOKEN_C), timeoutMs: 2_000 })
       .then(
         () => undefined,
         (e: unknown) => ConnectError.from(e),
       );
     expect(before?.findDetails(ErrorDetailSchema)[0]?.reason).not.toBe("UNAUTHENTICATED");
     expect(before?.findDetails(ErrorDetailSchema)[0]?.reason).not.toBe("POLICY_DENIED");
-    expect(associateArrivals()).toHaveLength(1);
+    expect(associateArrivals().length).toBeGreaterThan(0);
+    expect(associateArrivals().every((x) => x.outcome === "UnsupportedOperation.InstanceStateStopping")).toBe(
+      true,
+    );
 
     const reloadsBefore = await metric("keygate_policy_reloads_total", { result: "ok" });
     volume.publish(policyYaml(false));

@@ -250,9 +250,10 @@ describe("a scenario with every kind of decision", () => {
     expect(fail(r.notFound).upstreamRequestId).not.toBe("");
     expect(fail(r.internal).err.code).toBe(Code.Unavailable);
     expect(fail(r.internal).upstreamCode).toBe("InternalError");
-    expect(fail(r.badKey).err.code).toBe(Code.Unavailable);
+    // keygate's own cloud identity refused: an operator problem, not retried blindly.
+    expect(fail(r.badKey).err.code).toBe(Code.FailedPrecondition);
     expect(fail(r.badKey).upstreamCode).toMatch(/^AuthFailure\./);
-    expect(fail(r.badKeyLookup).err.code).toBe(Code.Unavailable);
+    expect(fail(r.badKeyLookup).err.code).toBe(Code.FailedPrecondition);
     expect(fail(r.badKeyLookup).upstreamCode).toMatch(/^AuthFailure\./);
   });
 

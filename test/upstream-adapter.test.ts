@@ -171,14 +171,14 @@ describe("Tencent upstream adapter against the emulator", () => {
     expect(emu.stats.arrivals).toHaveLength(0);
   });
 
-  it("maps AuthFailure (keygate's own misconfiguration) to unavailable, not retryable", async () => {
+  it("maps AuthFailure (keygate's own misconfiguration) to failed_precondition, not retryable", async () => {
     const wrong = createTencentUpstream({
       upstreamUrl: emu.url,
       credential: { secretId: SECRET_ID, secretKey: `${SECRET_KEY}-old`, token: TOKEN },
     });
     try {
       const e = await fail(wrong.associateInstancesKeyPairs(input, opts()));
-      expect(e).toMatchObject({ kind: "unavailable", reason: "AuthFailure.SignatureFailure" });
+      expect(e).toMatchObject({ kind: "failed_precondition", reason: "AuthFailure.SignatureFailure" });
       expect(isRetryableUpstream(e)).toBe(false);
     } finally {
       wrong.close();

@@ -20,6 +20,7 @@ Commands:
   dev                   run the gateway with an in-memory store, the built-in CVM emulator and a demo
                         policy, and print a ready-to-paste example call (what \`npm start\` runs)
   emulator [--port N] [--inventory FILE] [--task-ms N] [--faults JSON]
+           [--force-stop stopped-only|shutdown-first] [--busy-lag-ms N]
                         run the CVM emulator alone (default port 9000)
   policy check FILE     validate a policy file; exit 0, or list every error and exit 1
   token                 print a new random bearer token and its sha256 for the policy file

@@ -1,14 +1,28 @@
-import { createEmulator, EMULATOR_SECRET_ID, type FaultSettings } from "../upstream/emulator/index.js";
+import {
+  createEmulator,
+  EMULATOR_SECRET_ID,
+  FORCE_STOP_READINGS,
+  type FaultSettings,
+  type ForceStopReading,
+} from "../upstream/emulator/index.js";
 import { createFaults } from "../upstream/emulator/faults.js";
 
-const USAGE = "keygate emulator [--port N] [--inventory FILE] [--task-ms N] [--faults JSON]";
+const USAGE =
+  "keygate emulator [--port N] [--inventory FILE] [--task-ms N] [--faults JSON] " +
+  `[--force-stop ${FORCE_STOP_READINGS.join("|")}] [--busy-lag-ms N]`;
 
 /** `keygate emulator …`: the CVM emulator alone, optionally with faults from the start. */
 export async function runEmulator(
   args: string[],
   env: Record<string, string | undefined> = {},
 ): Promise<number | "running"> {
-  const opts: { port: number; inventoryFile?: string; taskMs?: number } = { port: 9000 };
+  const opts: {
+    port: number;
+    inventoryFile?: string;
+    taskMs?: number;
+    forceStopReading?: ForceStopReading;
+    busyLagMs?: number;
+  } = { port: 9000 };
   let faults: FaultSettings | undefined;
   for (let i = 0; i < args.length; i += 1) {
     const flag = args[i];
@@ -17,7 +31,14 @@ export async function runEmulator(
     if (flag === "--port" && /^\d+$/.test(value) && Number(value) <= 65535) opts.port = Number(value);
     else if (flag === "--inventory") opts.inventoryFile = value;
     else if (flag === "--task-ms" && /^\d+$/.test(value)) opts.taskMs = Number(value);
-    else if (flag === "--faults") {
+    else if (flag === "--busy-lag-ms" && /^\d+$/.test(value)) opts.busyLagMs = Number(value);
+    else if (flag === "--force-stop") {
+      const reading = FORCE_STOP_READINGS.find((r) => r === value);
+      if (reading === undefined) {
+        return usage(`--force-stop: "${value.slice(0, 40)}" is not one of ${FORCE_STOP_READINGS.join(", ")}`);
+      }
+      opts.forceStopReading = reading;
+    } else if (flag === "--faults") {
       const problem = checkFaults(value);
       if (typeof problem === "string") return usage(`--faults: ${problem}`);
       faults = problem;

@@ -392,6 +392,9 @@ export function createAssociateService(opts: AssociateServiceOptions) {
                 return { requestId: verdict.requestId, settled: verdict.instances };
               }
             }
+            // Every send so far was answered with a code: nothing is on its way, a rerun need not wait.
+            if (!uncertain && e.upstreamCode !== undefined)
+              await execution.mark("claimed").catch(() => undefined);
             throw e;
         }
       }

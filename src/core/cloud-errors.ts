@@ -41,6 +41,11 @@ export interface Treatment {
   /** The gRPC status the caller gets (see ErrorKind). */
   status: ErrorKind;
   action: CloudAction;
+  /**
+   * The `retry_after_ms` the caller gets with the final answer: set only where the same request
+   * may succeed later by itself; absent where only a changed request or an operator helps.
+   */
+  retryAfterMs?: number;
 }
 
 /** One line per kind, so changing how a whole kind is treated is a one-line edit. */
@@ -48,13 +53,14 @@ export const treatmentOfKind: Readonly<Record<CloudErrorKind, Treatment>> = {
   caller_mistake: { status: "invalid_argument", action: "answer" },
   not_found: { status: "not_found", action: "answer" },
   precondition: { status: "failed_precondition", action: "answer" },
-  busy: { status: "aborted", action: "wait" },
-  // Not waited for yet: answered like any other unmet precondition.
-  transitional: { status: "failed_precondition", action: "answer" },
-  rate_limited: { status: "resource_exhausted", action: "penalize" },
-  transient: { status: "unavailable", action: "retry" },
-  // UNAVAILABLE rather than INTERNAL keeps the cloud's code visible to callers and alerts.
-  operator_problem: { status: "unavailable", action: "answer" },
+  busy: { status: "aborted", action: "wait", retryAfterMs: 1_000 },
+  // Resolves by itself like a busy instance (docs/decisions.md "Transitional instance states").
+  transitional: { status: "aborted", action: "wait", retryAfterMs: 1_000 },
+  rate_limited: { status: "resource_exhausted", action: "penalize", retryAfterMs: 1_000 },
+  transient: { status: "unavailable", action: "retry", retryAfterMs: 1_000 },
+  // FAILED_PRECONDITION: gRPC's "do not retry until the system is fixed"; the caller cannot fix it,
+  // keygate's operators must (docs/decisions.md "Operator problems").
+  operator_problem: { status: "failed_precondition", action: "answer" },
   // Neither a retry nor a changed request is known to help, so promise neither.
   unexpected: { status: "internal", action: "answer" },
 };
@@ -68,6 +74,11 @@ export interface CloudErrorRow {
   kind: CloudErrorKind;
   /** A departure from the kind's action, with the reason beside the row. */
   action?: CloudAction;
+  /**
+   * Listed in the error table of the AssociateInstancesKeyPairs API page (the other rows are the
+   * common codes); test/fixtures/api-page-codes.txt holds that list and a test compares the two.
+   */
+  page?: true;
 }
 
 /**
@@ -76,51 +87,51 @@ export interface CloudErrorRow {
  */
 export const cloudErrorTable: readonly CloudErrorRow[] = [
   // The request is wrong (keygate checks most of these itself before spending a token).
-  { code: "MissingParameter", kind: "caller_mistake" },
+  { code: "MissingParameter", kind: "caller_mistake", page: true },
   { code: "MissingParameter.*", kind: "caller_mistake" },
   { code: "UnsupportedRegion", kind: "caller_mistake" },
   { code: "InvalidParameter", kind: "caller_mistake" },
   { code: "InvalidParameter.*", kind: "caller_mistake" },
-  { code: "InvalidParameterValue", kind: "caller_mistake" },
+  { code: "InvalidParameterValue", kind: "caller_mistake", page: true },
   { code: "InvalidParameterValue.*", kind: "caller_mistake" },
-  { code: "InvalidParameterValue.InstanceIdMalformed", kind: "caller_mistake" },
-  { code: "InvalidParameterValue.LimitExceeded", kind: "caller_mistake" },
-  { code: "InvalidInstanceId.Malformed", kind: "caller_mistake" },
-  { code: "InvalidKeyPairId.Malformed", kind: "caller_mistake" },
+  { code: "InvalidParameterValue.InstanceIdMalformed", kind: "caller_mistake", page: true },
+  { code: "InvalidParameterValue.LimitExceeded", kind: "caller_mistake", page: true },
+  { code: "InvalidInstanceId.Malformed", kind: "caller_mistake", page: true },
+  { code: "InvalidKeyPairId.Malformed", kind: "caller_mistake", page: true },
   { code: "UnknownParameter", kind: "caller_mistake" },
   { code: "RequestSizeLimitExceeded", kind: "caller_mistake" },
 
-  { code: "InvalidInstanceId.NotFound", kind: "not_found" },
-  { code: "InvalidKeyPairId.NotFound", kind: "not_found" },
+  { code: "InvalidInstanceId.NotFound", kind: "not_found", page: true },
+  { code: "InvalidKeyPairId.NotFound", kind: "not_found", page: true },
   { code: "ResourceNotFound", kind: "not_found" },
   { code: "*.NotFound", kind: "not_found" },
 
-  { code: "InvalidInstance.NotSupported", kind: "precondition" },
-  { code: "InvalidParameterValue.KeyPairNotSupported", kind: "precondition" },
+  { code: "InvalidInstance.NotSupported", kind: "precondition", page: true },
+  { code: "InvalidParameterValue.KeyPairNotSupported", kind: "precondition", page: true },
   { code: "UnsupportedOperation", kind: "precondition" },
   { code: "UnsupportedOperation.*", kind: "precondition" },
-  { code: "UnsupportedOperation.InstanceOsWindows", kind: "precondition" },
-  { code: "UnsupportedOperation.InstanceStateRunning", kind: "precondition" },
-  { code: "UnsupportedOperation.InstanceStateShutdown", kind: "precondition" },
-  { code: "UnsupportedOperation.InstanceStateIsolating", kind: "precondition" },
-  { code: "UnsupportedOperation.InstanceStateFreezing", kind: "precondition" },
-  { code: "UnsupportedOperation.InstanceStateRescueMode", kind: "precondition" },
-  { code: "UnsupportedOperation.InstanceStateTerminating", kind: "precondition" },
-  { code: "UnsupportedOperation.StoppedModeStopCharging", kind: "precondition" },
+  { code: "UnsupportedOperation.InstanceOsWindows", kind: "precondition", page: true },
+  { code: "UnsupportedOperation.InstanceStateRunning", kind: "precondition", page: true },
+  { code: "UnsupportedOperation.InstanceStateShutdown", kind: "precondition", page: true },
+  { code: "UnsupportedOperation.InstanceStateIsolating", kind: "precondition", page: true },
+  { code: "UnsupportedOperation.InstanceStateFreezing", kind: "precondition", page: true },
+  { code: "UnsupportedOperation.InstanceStateRescueMode", kind: "precondition", page: true },
+  { code: "UnsupportedOperation.InstanceStateTerminating", kind: "precondition", page: true },
+  { code: "UnsupportedOperation.StoppedModeStopCharging", kind: "precondition", page: true },
   { code: "OperationDenied.*", kind: "precondition" },
   { code: "LimitExceeded", kind: "precondition" },
   { code: "FailedOperation", kind: "precondition" },
 
-  { code: "UnsupportedOperation.InstanceStatePending", kind: "transitional" },
-  { code: "UnsupportedOperation.InstanceStateStarting", kind: "transitional" },
-  { code: "UnsupportedOperation.InstanceStateStopping", kind: "transitional" },
-  { code: "UnsupportedOperation.InstanceStateRebooting", kind: "transitional" },
-  { code: "UnsupportedOperation.InstanceStateExitRescueMode", kind: "transitional" },
-  { code: "UnsupportedOperation.InstanceStateEnterServiceLiveMigrate", kind: "transitional" },
+  { code: "UnsupportedOperation.InstanceStatePending", kind: "transitional", page: true },
+  { code: "UnsupportedOperation.InstanceStateStarting", kind: "transitional", page: true },
+  { code: "UnsupportedOperation.InstanceStateStopping", kind: "transitional", page: true },
+  { code: "UnsupportedOperation.InstanceStateRebooting", kind: "transitional", page: true },
+  { code: "UnsupportedOperation.InstanceStateExitRescueMode", kind: "transitional", page: true },
+  { code: "UnsupportedOperation.InstanceStateEnterServiceLiveMigrate", kind: "transitional", page: true },
 
   { code: "MutexOperation.*", kind: "busy" },
-  { code: "MutexOperation.TaskRunning", kind: "busy" },
-  { code: "OperationDenied.InstanceOperationInProgress", kind: "busy" },
+  { code: "MutexOperation.TaskRunning", kind: "busy", page: true },
+  { code: "OperationDenied.InstanceOperationInProgress", kind: "busy", page: true },
   // Not necessarily an instance, so DescribeInstances cannot tell when it is free.
   { code: "ResourceInUse", kind: "busy", action: "answer" },
 
@@ -129,7 +140,7 @@ export const cloudErrorTable: readonly CloudErrorRow[] = [
 
   { code: "InternalError", kind: "transient" },
   { code: "InternalError.*", kind: "transient" },
-  { code: "InternalServerError", kind: "transient" },
+  { code: "InternalServerError", kind: "transient", page: true },
   { code: "InternalServerError.*", kind: "transient" },
   { code: "ServiceUnavailable", kind: "transient" },
   { code: "ServiceUnavailable.*", kind: "transient" },
@@ -140,8 +151,8 @@ export const cloudErrorTable: readonly CloudErrorRow[] = [
   { code: "AuthFailure.*", kind: "operator_problem" },
   { code: "UnauthorizedOperation", kind: "operator_problem" },
   { code: "UnauthorizedOperation.*", kind: "operator_problem" },
-  { code: "UnauthorizedOperation.MFAExpired", kind: "operator_problem" },
-  { code: "UnauthorizedOperation.MFANotFound", kind: "operator_problem" },
+  { code: "UnauthorizedOperation.MFAExpired", kind: "operator_problem", page: true },
+  { code: "UnauthorizedOperation.MFANotFound", kind: "operator_problem", page: true },
 
   { code: "InvalidAction", kind: "unexpected" },
   { code: "ActionOffline", kind: "unexpected" },
@@ -190,6 +201,7 @@ export function classify(code: string): CloudErrorMeaning {
     kind: row.kind,
     status: treatment.status,
     action: row.action ?? treatment.action,
+    ...(treatment.retryAfterMs === undefined ? {} : { retryAfterMs: treatment.retryAfterMs }),
     reason: code,
     row,
   };
@@ -200,14 +212,49 @@ export function statusOf(code: string): ErrorKind {
   return classify(code).status;
 }
 
-/** The one way to build the error for a cloud code, so its status always comes from the table. */
+/** What the caller reads when keygate's own cloud identity was refused. */
+export const OPERATOR_PROBLEM_MESSAGE =
+  "the cloud refused keygate's own cloud identity (its credentials, CAM permissions or MFA), not your request: " +
+  "keygate's operators must fix it; retrying before they have does not help";
+
+/**
+ * The one way to build the error for a cloud code, so its status and `retry_after_ms` always come
+ * from the table.
+ */
 export function cloudCodeError(
   code: string,
   message: string,
   extra: Omit<KeygateErrorInit, "kind" | "reason" | "message"> = {},
 ): KeygateError {
-  return new KeygateError({ ...extra, kind: statusOf(code), reason: code, message });
+  const meaning = classify(code);
+  return new KeygateError({
+    retryAfterMs: meaning.retryAfterMs,
+    ...extra,
+    kind: meaning.status,
+    reason: code,
+    message: meaning.kind === "operator_problem" ? `${OPERATOR_PROBLEM_MESSAGE} (${message})` : message,
+  });
 }
+
+/** Whether a failure is keygate's own cloud identity being refused (an operator problem). */
+export const isOperatorProblem = (f: { upstreamCode?: string | undefined }): boolean =>
+  f.upstreamCode !== undefined && classify(f.upstreamCode).kind === "operator_problem";
+
+/**
+ * Instance states that end by themselves (DescribeInstances `InstanceState`): while an instance is
+ * in one, it is not idle, and the action's `UnsupportedOperation.InstanceState*` answer for it is
+ * "transitional" (docs/upstream-facts.md lists the states).
+ */
+export const TRANSITIONAL_INSTANCE_STATES: ReadonlySet<string> = new Set([
+  "PENDING",
+  "STARTING",
+  "STOPPING",
+  "REBOOTING",
+  "EXIT_RESCUE_MODE",
+  "ENTER_SERVICE_LIVE_MIGRATE",
+  "SERVICE_LIVE_MIGRATE",
+  "EXIT_SERVICE_LIVE_MIGRATE",
+]);
 
 /** keygate's own reasons for an attempt that got no usable answer from the cloud. */
 const NO_ANSWER_REASONS: ReadonlySet<string> = new Set([

@@ -1,3 +1,4 @@
+import { isOperatorProblem } from "../core/cloud-errors.js";
 import { isKeygateError, KeygateError, keygateError, type ErrorKind } from "../core/errors.js";
 import type { AssociateResult } from "../core/model.js";
 
@@ -45,10 +46,12 @@ const FINAL_KINDS: ReadonlySet<ErrorKind> = new Set<ErrorKind>([
 
 /**
  * Whether an outcome is final: kept under an idempotency key and joined by identical calls that
- * arrive within the join window. Decided by the error's kind, not by who produced it.
+ * arrive within the join window. Decided by the error's kind, not by who produced it, with one
+ * exception: an operator problem (FAILED_PRECONDITION because keygate's own cloud identity was
+ * refused) ends once operators fix it, so it is not kept (docs/decisions.md "Operator problems").
  */
 export function isFinal(o: Outcome): boolean {
-  return o.ok || FINAL_KINDS.has(o.error.kind);
+  return o.ok || (FINAL_KINDS.has(o.error.kind) && !isOperatorProblem(o.error));
 }
 
 export function encodeOutcome(o: Outcome): string {

@@ -3,6 +3,14 @@ import type { InstanceInfo, InstanceOutcome } from "../core/model.js";
 import type { CallOptions, TaskWatcher } from "../core/ports.js";
 import { pause, throwIfAborted } from "../core/call-wait.js";
 import { isStoreDown } from "../store/local-share-mode.js";
+import { TRANSITIONAL_INSTANCE_STATES } from "../core/cloud-errors.js";
+
+/**
+ * Idle = the cloud would take a new operation now: no task runs, and the instance is not passing
+ * between states by itself (STOPPING, STARTING, …: docs/decisions.md "Transitional instance states").
+ */
+export const isIdle = (info: Pick<InstanceInfo, "latestOperationState" | "instanceState">): boolean =>
+  info.latestOperationState !== "OPERATING" && !TRANSITIONAL_INSTANCE_STATES.has(info.instanceState);
 
 export interface TaskWatcherOptions {
   /** DescribeInstances for ≤ 100 ids; the caller routes it through the shared 40/s bucket. */
@@ -133,7 +141,7 @@ export function createTaskWatcher(options: TaskWatcherOptions): TaskWatcher {
         opts,
         (info) => {
           last.set(info.instanceId, info);
-          return info.latestOperationState !== "OPERATING";
+          return isIdle(info);
         },
         true,
       );

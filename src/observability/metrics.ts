@@ -1,5 +1,6 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom-client";
 import { actionOfBucket } from "../core/actions.js";
+import { classify } from "../core/cloud-errors.js";
 import type { BucketSpec } from "../core/ports.js";
 import type { LimiterHooks } from "../limiter/limiter.js";
 import { buildInfo } from "../version.js";
@@ -75,6 +76,12 @@ export function createMetrics(opts: { defaultMetrics?: boolean; revision?: strin
       labelNames: ["action", "code"] as const,
       registers: r,
     }),
+    operatorProblems: new Counter({
+      name: "keygate_operator_problems_total",
+      help: "Cloud answers refusing keygate's own cloud identity (AuthFailure.*, UnauthorizedOperation.*): operators must act",
+      labelNames: ["code"] as const,
+      registers: r,
+    }),
     upstreamDuration: new Histogram({
       name: "keygate_upstream_duration_seconds",
       help: "Latency of calls to the cloud",
@@ -141,6 +148,16 @@ export function createMetrics(opts: { defaultMetrics?: boolean; revision?: strin
 }
 
 export type Metrics = ReturnType<typeof createMetrics>;
+
+/**
+ * Counts one call to the cloud: by action and code, its latency, and, when the cloud refused
+ * keygate's own identity, the operator-problem counter the README's alerts watch.
+ */
+export function recordUpstreamCall(metrics: Metrics, action: string, code: string, seconds: number): void {
+  metrics.upstreamCalls.inc({ action, code });
+  metrics.upstreamDuration.observe({ action }, seconds);
+  if (code !== "OK" && classify(code).kind === "operator_problem") metrics.operatorProblems.inc({ code });
+}
 
 /**
  * The limiter's observer callbacks, counted into the metrics (the limiter knows nothing of

@@ -27,19 +27,39 @@ const INSTANCE_ID = /^ins-[a-z0-9]{8}$/;
 const KEY_ID = /^skey-[a-z0-9]{8}$/;
 const MAX_IDS = 100;
 
+/**
+ * The two readings of `ForceStop` (docs/decisions/force-stop.md):
+ * - "stopped-only" (the SDK's model comment; default): without ForceStop only STOPPED instances
+ *   are accepted (a RUNNING one gets `UnsupportedOperation.InstanceStateRunning`); with it, a
+ *   RUNNING instance is forced down first.
+ * - "shutdown-first" (the API page's wording): a RUNNING instance is always shut down normally
+ *   first; ForceStop decides whether it is forced down when the normal shutdown fails.
+ * Under both, a RUNNING instance is started again once the keys are bound.
+ */
+export type ForceStopReading = "stopped-only" | "shutdown-first";
+export const FORCE_STOP_READINGS: readonly ForceStopReading[] = ["stopped-only", "shutdown-first"];
+
 export interface ActionContext {
   inventory: Inventory;
   /** X-TC-Region ("" when absent). */
   region: string;
   requestId: string;
   taskMs: number;
+  forceStopReading?: ForceStopReading;
+  /** Set = the tasks this request starts end FAILED with this message (fault `taskFailed`). */
+  taskFails?: string | undefined;
+  /** How long the action keeps answering busy after a task ended (see Inventory). */
+  busyLagMs?: number;
+  /** Filled by the action: instances it forced down (ForceStop used, not merely allowed). */
+  forcedStops?: string[];
 }
 
 /** Instance states the action refuses, and the code each gets (RUNNING only without ForceStop). */
 const STATE_CODES: Readonly<Record<string, string>> = {
   RUNNING: "UnsupportedOperation.InstanceStateRunning",
   PENDING: "UnsupportedOperation.InstanceStatePending",
-  LAUNCH_FAILED: "UnsupportedOperation.InstanceStatePending",
+  // Creation failed for good: not "being created". The page has no state code for it.
+  LAUNCH_FAILED: "InvalidInstance.NotSupported",
   STOPPING: "UnsupportedOperation.InstanceStateStopping",
   STARTING: "UnsupportedOperation.InstanceStateStarting",
   REBOOTING: "UnsupportedOperation.InstanceStateRebooting",
@@ -51,6 +71,9 @@ const STATE_CODES: Readonly<Record<string, string>> = {
   ENTER_RESCUE_MODE: "UnsupportedOperation.InstanceStateRescueMode",
   EXIT_RESCUE_MODE: "UnsupportedOperation.InstanceStateExitRescueMode",
   ENTER_SERVICE_LIVE_MIGRATE: "UnsupportedOperation.InstanceStateEnterServiceLiveMigrate",
+  // The page names only the entering state; the rest of a live migration is answered alike (a guess).
+  SERVICE_LIVE_MIGRATE: "UnsupportedOperation.InstanceStateEnterServiceLiveMigrate",
+  EXIT_SERVICE_LIVE_MIGRATE: "UnsupportedOperation.InstanceStateEnterServiceLiveMigrate",
 };
 
 function requireRegion(region: string): void {
@@ -77,6 +100,13 @@ function checkIds(ids: string[], name: string, pattern: RegExp, malformed: strin
   }
   const bad = ids.find((id) => !pattern.test(id));
   if (bad !== undefined) {
+    // Not even shaped like an instance id (no `ins-` prefix): the page's other code for it.
+    if (noun === "instance" && !/^ins-/i.test(bad)) {
+      throw new ApiError(
+        "InvalidParameterValue.InstanceIdMalformed",
+        `Invalid instance ID \`${bad.slice(0, 64)}\`: enter a valid ID such as ins-xxxxxxxx.`,
+      );
+    }
     throw new ApiError(
       malformed,
       `Invalid ${noun} ID \`${bad.slice(0, 64)}\`: the specified ID has an invalid format.`,
@@ -154,8 +184,10 @@ function startAssociate(
       );
     }
   }
+  const reading = ctx.forceStopReading ?? "stopped-only";
   for (const inst of instances) {
-    if (inst.instanceState === "STOPPED" || (inst.instanceState === "RUNNING" && forceStop)) continue;
+    if (inst.instanceState === "STOPPED") continue;
+    if (inst.instanceState === "RUNNING" && (forceStop || reading === "shutdown-first")) continue;
     const code = STATE_CODES[inst.instanceState] ?? "UnsupportedOperation";
     throw new ApiError(
       code,
@@ -163,12 +195,24 @@ function startAssociate(
     );
   }
   for (const inst of instances) {
+    let fails = ctx.taskFails;
+    if (inst.instanceState === "RUNNING") {
+      // "stopped-only": ForceStop forces it down. "shutdown-first": a normal shutdown first; forced
+      // only when that fails and ForceStop allows it, else the task fails and nothing is bound.
+      const normalFails = ctx.inventory.normalShutdownFails(inst.instanceId);
+      if (reading === "stopped-only" || normalFails) {
+        if (forceStop) ctx.forcedStops?.push(inst.instanceId);
+        else fails ??= "The instance could not be shut down normally and ForceStop is FALSE.";
+      }
+    }
     ctx.inventory.startTask(inst.instanceId, {
       operation: "AssociateInstancesKeyPairs",
       requestId: ctx.requestId,
       durationMs: ctx.taskMs,
-      // ForceStop stops, binds, then restarts a RUNNING instance: it ends as it began.
+      // A RUNNING instance is stopped, bound, then started again: it ends as it began.
       then: { keyIds, instanceState: inst.instanceState },
+      fails,
+      busyLagMs: ctx.busyLagMs ?? 0,
     });
   }
   return {};

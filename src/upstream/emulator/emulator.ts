@@ -2,9 +2,21 @@ import { randomUUID } from "node:crypto";
 import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
 import { systemClock, type Clock } from "../../core/clock.js";
-import { associateInstancesKeyPairs, describeInstances, type ActionContext } from "./actions.js";
+import {
+  associateInstancesKeyPairs,
+  describeInstances,
+  type ActionContext,
+  type ForceStopReading,
+} from "./actions.js";
 import { ApiError } from "./api-error.js";
-import { createFaults, FAULT_CODES, type FaultKind, type FaultRule, type Faults } from "./faults.js";
+import {
+  createFaults,
+  FAULT_CODES,
+  isBusyCode,
+  type FaultKind,
+  type FaultRule,
+  type Faults,
+} from "./faults.js";
 import {
   createInventory,
   defaultInventory,
@@ -12,7 +24,7 @@ import {
   type Inventory,
   type InventorySpec,
 } from "./inventory.js";
-import { parseAuthorization, verifyTc3, type EmulatorSecret } from "./signature.js";
+import { hostWithoutPort, parseAuthorization, verifyTc3, type EmulatorSecret } from "./signature.js";
 import { createSlidingWindowLimiter } from "./sliding-window.js";
 import { createStats, type Arrival, type EmulatorStats } from "./stats.js";
 
@@ -24,7 +36,19 @@ export const EMULATOR_SECRET_KEY = "keygate-emulator-dev-secret-key-not-secret";
 export const EMULATOR_VERSION = "2017-03-12";
 const ADMIN_PREFIX = "/__emulator/";
 /** Faults that let the action run and then spoil (or hold back) its reply, or hold the request. */
-const REPLY_FAULTS: ReadonlySet<FaultKind> = new Set(["lostReply", "lateReply", "lateApply", "stallBody"]);
+const REPLY_FAULTS: ReadonlySet<FaultKind> = new Set([
+  "lostReply",
+  "lateReply",
+  "lateApply",
+  "stallBody",
+  "taskFailed",
+]);
+/** The codes "someone in the console" can leave an instance busy with. */
+export const BUSY_CODES = [
+  "MutexOperation.TaskRunning",
+  "OperationDenied.InstanceOperationInProgress",
+] as const;
+export type BusyCode = (typeof BUSY_CODES)[number];
 const MAX_BODY = 1024 * 1024;
 
 export interface EmulatorOptions {
@@ -35,9 +59,9 @@ export interface EmulatorOptions {
   credentials?: Record<string, string | EmulatorSecret>;
   /** How long a cloud task keeps an instance OPERATING. Default 1500 ms. */
   taskMs?: number;
-  /** AssociateInstancesKeyPairs per (SecretId, sliding window). Default 10. */
+  /** AssociateInstancesKeyPairs per (SecretId, endpoint, sliding window). Default 10. */
   associateLimit?: number;
-  /** DescribeInstances per (SecretId, sliding window). Default 40. */
+  /** DescribeInstances per (SecretId, endpoint, sliding window). Default 40. */
   describeLimit?: number;
   /** Any other action. Default 20. */
   otherLimit?: number;
@@ -50,6 +74,14 @@ export interface EmulatorOptions {
   random?: () => number;
   /** Accepted difference between X-TC-Timestamp and the emulator clock. Default 5 minutes. */
   maxSkewMs?: number;
+  /** Which reading of `ForceStop` the emulated cloud follows (docs/decisions/force-stop.md). */
+  forceStopReading?: ForceStopReading;
+  /**
+   * After an AssociateInstancesKeyPairs task ended, the action keeps answering
+   * `MutexOperation.TaskRunning` this long while DescribeInstances already shows the instance
+   * idle (the two views lagging). Default 0.
+   */
+  busyLagMs?: number;
 }
 
 export interface Emulator {
@@ -64,10 +96,14 @@ export interface Emulator {
     instanceIds: string[],
     ms: number,
     opts?: {
-      code?: "MutexOperation.TaskRunning" | "OperationDenied.InstanceOperationInProgress";
+      code?: BusyCode;
       operation?: string;
+      /** Set = the task ends FAILED with this message. */
+      fails?: string;
     },
   ): void;
+  /** The instance passes into `state` now, and (with `forMs`) on to `then` by itself (see Inventory). */
+  setState(instanceId: string, state: string, opts?: { forMs?: number; then?: string }): void;
   /** Inventory, stats, faults and rate windows back to the start. */
   reset(): void;
   close(): Promise<void>;
@@ -140,7 +176,8 @@ export async function createEmulator(options: EmulatorOptions = {}): Promise<Emu
   const errorEnvelope = (requestId: string, e: ApiError): Outcome =>
     envelope(requestId, { Error: { Code: e.code, Message: e.message } }, 200, e.code);
 
-  const transportFault = (kind: FaultKind, requestId: string): Outcome | undefined => {
+  const transportFault = (rule: FaultRule, requestId: string): Outcome | undefined => {
+    const { kind } = rule;
     switch (kind) {
       case "http500":
       case "http503": {
@@ -166,6 +203,10 @@ export async function createEmulator(options: EmulatorOptions = {}): Promise<Emu
           contentType: "application/json",
           code: "NO_RESPONSE",
         };
+      case "code": {
+        const code = rule.code ?? "InternalError";
+        return errorEnvelope(requestId, new ApiError(code, rule.message ?? `Injected fault: ${code}.`));
+      }
       default: {
         const code = FAULT_CODES[kind];
         return code ? errorEnvelope(requestId, new ApiError(code, `Injected fault: ${code}.`)) : undefined;
@@ -173,8 +214,6 @@ export async function createEmulator(options: EmulatorOptions = {}): Promise<Emu
     }
   };
 
-  const isBusyCode = (code: string) =>
-    code.startsWith("MutexOperation.") || code === "OperationDenied.InstanceOperationInProgress";
   /** Instance ids named by a request body, best effort (for the per-instance counters). */
   const instanceIdsOf = (body: Buffer): string[] => {
     try {
@@ -214,15 +253,17 @@ export async function createEmulator(options: EmulatorOptions = {}): Promise<Emu
         arrival.action === "AssociateInstancesKeyPairs" || arrival.action === "DescribeInstances"
           ? limiters[arrival.action]
           : limiters.other;
-      if (!limiter.admit(`${verified.secretId}\n${arrival.action}`, arrival.at)) {
+      // Per credential and access endpoint (the signed host): docs/upstream-facts.md.
+      const endpoint = hostWithoutPort(arrival.host).toLowerCase();
+      if (!limiter.admit(`${verified.secretId}\n${endpoint}\n${arrival.action}`, arrival.at)) {
         throw new ApiError(
           "RequestLimitExceeded",
           "Your current request times exceeds the limit. Please try again later.",
         );
       }
-      const rule = faults.pick(arrival.action);
+      const rule = faults.pick(arrival.action, instanceIdsOf(body));
       if (rule !== undefined && !REPLY_FAULTS.has(rule.kind)) {
-        const out = transportFault(rule.kind, requestId);
+        const out = transportFault(rule, requestId);
         if (out) {
           if (
             out.kind === "json" &&
@@ -241,7 +282,12 @@ export async function createEmulator(options: EmulatorOptions = {}): Promise<Emu
   };
 
   /** The action itself (at arrival, or later for `lateApply`); applies are counted here. */
-  const act = (req: IncomingMessage, body: Buffer, arrival: Arrival): Outcome => {
+  const act = (
+    req: IncomingMessage,
+    body: Buffer,
+    arrival: Arrival,
+    rule: FaultRule | undefined,
+  ): Outcome => {
     const { requestId } = arrival;
     try {
       const version = header(req, "x-tc-version");
@@ -262,8 +308,22 @@ export async function createEmulator(options: EmulatorOptions = {}): Promise<Emu
       }
       const p = params as Record<string, unknown>;
       let result: object;
+      const forcedStops: string[] = [];
       try {
-        result = handler({ inventory, region: arrival.region, requestId, taskMs }, p);
+        result = handler(
+          {
+            inventory,
+            region: arrival.region,
+            requestId,
+            taskMs,
+            forceStopReading: options.forceStopReading ?? "stopped-only",
+            taskFails:
+              rule?.kind === "taskFailed" ? (rule.message ?? "Injected fault: the task failed.") : undefined,
+            busyLagMs: options.busyLagMs ?? 0,
+            forcedStops,
+          },
+          p,
+        );
       } catch (e) {
         if (e instanceof ApiError && isBusyCode(e.code) && arrival.action === "AssociateInstancesKeyPairs") {
           stats.recordBusy(instanceIdsOf(body), false);
@@ -279,6 +339,7 @@ export async function createEmulator(options: EmulatorOptions = {}): Promise<Emu
           instanceIds: strings(p.InstanceIds),
           keyIds: strings(p.KeyIds),
           forceStop: p.ForceStop === true,
+          forcedStops,
         });
       }
       return envelope(requestId, result);
@@ -330,9 +391,34 @@ export async function createEmulator(options: EmulatorOptions = {}): Promise<Emu
         if (!Array.isArray(ids) || !ids.every((x) => typeof x === "string") || typeof b.ms !== "number") {
           throw new Error('expected {"instanceIds": [..], "ms": N, "code"?: ".."}');
         }
-        const code =
-          b.code === "OperationDenied.InstanceOperationInProgress" ? b.code : "MutexOperation.TaskRunning";
-        emulator.markBusy(ids, b.ms, { code });
+        if (b.code !== undefined && !BUSY_CODES.includes(b.code as BusyCode)) {
+          throw new Error(
+            `unknown busy code ${JSON.stringify(b.code).slice(0, 100)}: expected one of ${BUSY_CODES.join(", ")}; ` +
+              `inject any other code with POST ${ADMIN_PREFIX}faults {"rules":[{"kind":"code","code":".."}]}`,
+          );
+        }
+        if (b.fails !== undefined && typeof b.fails !== "string") throw new Error('"fails" must be a string');
+        emulator.markBusy(ids, b.ms, {
+          code: (b.code as BusyCode | undefined) ?? "MutexOperation.TaskRunning",
+          ...(b.fails === undefined ? {} : { fails: b.fails }),
+        });
+        return sendJson(res, 200, { ok: true });
+      }
+      if (req.method === "POST" && path === "state") {
+        const b = input();
+        const forMs = b.forMs;
+        if (
+          typeof b.instanceId !== "string" ||
+          typeof b.state !== "string" ||
+          (forMs !== undefined && (typeof forMs !== "number" || !Number.isFinite(forMs) || forMs < 0)) ||
+          (b.then !== undefined && typeof b.then !== "string")
+        ) {
+          throw new Error('expected {"instanceId": "..", "state": "..", "forMs"?: N, "then"?: ".."}');
+        }
+        emulator.setState(b.instanceId, b.state, {
+          ...(forMs === undefined ? {} : { forMs }),
+          ...(b.then === undefined ? {} : { then: b.then }),
+        });
         return sendJson(res, 200, { ok: true });
       }
       if (req.method === "POST" && path === "reset") {
@@ -377,7 +463,7 @@ export async function createEmulator(options: EmulatorOptions = {}): Promise<Emu
       // Still on its way: the cloud sees it only now, whether or not the client is still there.
       await clock.sleep(rule.delayMs ?? 0, closing.signal);
     }
-    const out = act(req, body, arrival);
+    const out = act(req, body, arrival, rule);
     if (rule === undefined || out.kind !== "json" || out.code !== "OK") return reply(res, arrival, out);
     switch (rule.kind) {
       case "lostReply":
@@ -437,18 +523,25 @@ export async function createEmulator(options: EmulatorOptions = {}): Promise<Emu
     stats,
     faults,
     markBusy(instanceIds, ms, opts = {}) {
+      const code = opts.code ?? "MutexOperation.TaskRunning";
+      if (!BUSY_CODES.includes(code)) throw new Error(`unknown busy code ${String(code)}`);
+      const all = inventory.all();
+      const unknown = instanceIds.find((id) => !all.some((i) => i.instanceId === id));
+      if (unknown !== undefined) throw new Error(`no instance ${unknown}`);
       for (const id of instanceIds) {
-        const current = inventory.all().find((i) => i.instanceId === id);
+        const current = all.find((i) => i.instanceId === id);
         if (!current) throw new Error(`no instance ${id}`);
         inventory.startTask(id, {
           operation: opts.operation ?? "StopInstances",
           requestId: `console-${randomUUID()}`,
           durationMs: ms,
           then: { instanceState: current.instanceState },
-          busyCode: opts.code ?? "MutexOperation.TaskRunning",
+          busyCode: code,
+          fails: opts.fails,
         });
       }
     },
+    setState: (instanceId, state, opts) => inventory.setState(instanceId, state, opts),
     reset() {
       inventory.reset();
       stats.reset();

@@ -12,9 +12,16 @@ import { z } from "zod";
  * - `stallBody`: applied, status and headers sent, the body started and never finished.
  * - `nonJson`: HTTP 200 with a body that is not JSON.
  * - `noResponse`: HTTP 200 JSON without the `Response` envelope.
- * - the rest: the cloud's own error codes, answered in the normal envelope, nothing applied.
- *   `mutexTaskRunning` / `operationInProgress` hit only AssociateInstancesKeyPairs unless the rule
- *   names another action, so DescribeInstances keeps showing the instance idle: "busy while idle".
+ * - `code`: any cloud error code (the rule's `code`, optional `message`), answered in the normal
+ *   envelope with a RequestId, nothing applied: every code the API page lists can be produced.
+ * - `taskFailed`: applied and answered OK, but the cloud tasks it starts end FAILED (with the
+ *   rule's `message` as LatestOperationErrorMsg) and bind nothing (AssociateInstancesKeyPairs
+ *   unless the rule names another action).
+ * - the rest: shorthands for `code` with a fixed code, answered in the normal envelope.
+ *   `mutexTaskRunning` / `operationInProgress` (and `code` with a busy code) hit only
+ *   AssociateInstancesKeyPairs unless the rule names another action, so DescribeInstances keeps
+ *   showing the instance idle: "busy while idle".
+ * A rule with `instanceIds` hits only requests naming one of them (in `InstanceIds`).
  */
 export const FAULT_KINDS = [
   "http500",
@@ -30,6 +37,8 @@ export const FAULT_KINDS = [
   "requestLimitExceeded",
   "mutexTaskRunning",
   "operationInProgress",
+  "code",
+  "taskFailed",
 ] as const;
 export type FaultKind = (typeof FAULT_KINDS)[number];
 
@@ -45,6 +54,11 @@ export const FAULT_CODES: Partial<Record<FaultKind, string>> = {
 export const DELAYED_KINDS: ReadonlySet<FaultKind> = new Set(["lateReply", "lateApply"]);
 /** Kinds that apply the request and then fail to answer it properly. */
 export const APPLYING_KINDS: ReadonlySet<FaultKind> = new Set(["lostReply", "lateReply", "stallBody"]);
+/** The shape of a cloud error code: dot-separated words, e.g. `UnauthorizedOperation.MFAExpired`. */
+export const CLOUD_CODE = /^[A-Z][A-Za-z0-9]*(\.[A-Za-z0-9]+)*$/;
+/** Codes that say "instance busy". */
+export const isBusyCode = (code: string): boolean =>
+  code.startsWith("MutexOperation.") || code === "OperationDenied.InstanceOperationInProgress";
 /** Code faults that say "instance busy": by default they hit only the action that can be busy. */
 const BUSY_KINDS: ReadonlySet<FaultKind> = new Set(["mutexTaskRunning", "operationInProgress"]);
 const BUSY_DEFAULT_ACTION = "AssociateInstancesKeyPairs";
@@ -60,6 +74,12 @@ const ruleSchema = z
     next: z.number().int().positive().optional(),
     /** `lateReply` / `lateApply`: how long the answer (or the whole request) is held, ms. */
     delayMs: z.number().int().nonnegative().max(600_000).optional(),
+    /** `code`: the cloud error code to answer. */
+    code: z.string().max(100).regex(CLOUD_CODE, "must look like a cloud error code").optional(),
+    /** `code`: the error's message; `taskFailed`: the failed task's error message. */
+    message: z.string().max(500).optional(),
+    /** Only requests naming one of these instances. */
+    instanceIds: z.array(z.string().min(1)).min(1).max(100).optional(),
   })
   .strict()
   .superRefine((rule, ctx) => {
@@ -68,6 +88,15 @@ const ruleSchema = z
     }
     if (!DELAYED_KINDS.has(rule.kind) && rule.delayMs !== undefined) {
       ctx.addIssue({ code: "custom", path: ["delayMs"], message: `${rule.kind} takes no delayMs` });
+    }
+    if (rule.kind === "code" && rule.code === undefined) {
+      ctx.addIssue({ code: "custom", path: ["code"], message: "code needs the cloud error code to answer" });
+    }
+    if (rule.kind !== "code" && rule.code !== undefined) {
+      ctx.addIssue({ code: "custom", path: ["code"], message: `${rule.kind} takes no code` });
+    }
+    if (rule.kind !== "code" && rule.kind !== "taskFailed" && rule.message !== undefined) {
+      ctx.addIssue({ code: "custom", path: ["message"], message: `${rule.kind} takes no message` });
     }
   });
 export type FaultRule = z.infer<typeof ruleSchema>;
@@ -89,8 +118,11 @@ export interface Faults {
   get(): z.output<typeof faultSettingsSchema>;
   /** Delay to add before answering this request. */
   latency(): number;
-  /** The rule this request suffers, if any (consumes one `next` hit). */
-  pick(action: string): FaultRule | undefined;
+  /**
+   * The rule this request suffers, if any (consumes one `next` hit); `instanceIds` are the ones the
+   * request names, for rules limited to some instances.
+   */
+  pick(action: string, instanceIds?: readonly string[]): FaultRule | undefined;
   reset(): void;
 }
 
@@ -112,10 +144,16 @@ export function createFaults(random: () => number = Math.random): Faults {
     set: apply,
     get: () => structuredClone(current),
     latency: () => current.latencyMs + (current.jitterMs > 0 ? random() * current.jitterMs : 0),
-    pick(action) {
+    pick(action, instanceIds = []) {
       for (const [i, rule] of current.rules.entries()) {
-        const only = rule.action ?? (BUSY_KINDS.has(rule.kind) ? BUSY_DEFAULT_ACTION : undefined);
+        // Busy codes and failed tasks only make sense for the action that starts tasks.
+        const associateOnly =
+          BUSY_KINDS.has(rule.kind) ||
+          rule.kind === "taskFailed" ||
+          (rule.code !== undefined && isBusyCode(rule.code));
+        const only = rule.action ?? (associateOnly ? BUSY_DEFAULT_ACTION : undefined);
         if (only !== undefined && only !== action) continue;
+        if (rule.instanceIds && !rule.instanceIds.some((id) => instanceIds.includes(id))) continue;
         const left = remaining.get(i);
         if (left !== undefined) {
           if (left <= 0) continue;

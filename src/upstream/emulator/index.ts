@@ -1,5 +1,8 @@
 /** The CVM emulator's public surface (the CLI, `keygate dev`, tests and benchmarks use it). */
+export { FORCE_STOP_READINGS, type ForceStopReading } from "./actions.js";
 export {
+  BUSY_CODES,
+  type BusyCode,
   createEmulator,
   EMULATOR_SECRET_ID,
   EMULATOR_SECRET_KEY,

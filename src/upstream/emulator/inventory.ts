@@ -15,12 +15,20 @@ export interface InstanceSpec {
   instanceName?: string | undefined;
   tags?: Record<string, string> | undefined;
   keyIds?: string[] | undefined;
+  /**
+   * Under the "shutdown-first" ForceStop reading (docs/decisions/force-stop.md): a normal shutdown
+   * of this instance fails (a hung guest), so only ForceStop gets it down.
+   */
+  normalShutdownFails?: boolean | undefined;
 }
 
-/** A key pair; without `region` it exists in every region (real ones are regional). */
+/**
+ * A key pair. Real key pairs are regional: name the region, or the regions it was imported into.
+ * Without `region` it exists in every region, a shorthand for tests that do not care.
+ */
 export interface KeyPairSpec {
   keyId: string;
-  region?: string | undefined;
+  region?: string | string[] | undefined;
 }
 
 export interface InventorySpec {
@@ -39,6 +47,7 @@ const instanceSchema = z
     instanceName: z.string().optional(),
     tags: z.record(z.string(), z.string()).optional(),
     keyIds: z.array(z.string().regex(/^skey-[a-z0-9]{8}$/)).optional(),
+    normalShutdownFails: z.boolean().optional(),
   })
   .strict();
 
@@ -46,7 +55,12 @@ const inventorySchema = z
   .object({
     instances: z.array(instanceSchema),
     keyPairs: z.array(
-      z.object({ keyId: z.string().regex(/^skey-[a-z0-9]{8}$/), region: z.string().optional() }).strict(),
+      z
+        .object({
+          keyId: z.string().regex(/^skey-[a-z0-9]{8}$/),
+          region: z.union([z.string().min(1), z.array(z.string().min(1)).min(1)]).optional(),
+        })
+        .strict(),
     ),
   })
   .strict();
@@ -110,8 +124,8 @@ export function defaultInventory(): InventorySpec {
       inst(sh(5), "REBOOTING", 1002, { owner: "team-b" }),
     ],
     keyPairs: [
-      { keyId: "skey-aaaaaaaa" },
-      { keyId: "skey-bbbbbbbb" },
+      { keyId: "skey-aaaaaaaa", region: ["ap-guangzhou", "ap-shanghai"] },
+      { keyId: "skey-bbbbbbbb", region: ["ap-guangzhou", "ap-shanghai"] },
       { keyId: "skey-cccccccc", region: "ap-guangzhou" },
       { keyId: "skey-dddddddd", region: "ap-shanghai" },
     ],
@@ -127,6 +141,19 @@ interface Task {
   then: { keyIds?: string[]; instanceState: string };
   /** The error an overlapping operation gets while this task runs. */
   busyCode: string;
+  /** Set = the task ends FAILED with this message; nothing of `then` but the state is applied. */
+  fails?: string | undefined;
+  /**
+   * How long after the task ended the action still answers `busyCode` although DescribeInstances
+   * shows the instance idle: the two views of the cloud lagging behind each other.
+   */
+  busyLagMs: number;
+}
+
+/** An instance passing through a state that ends by itself (STOPPING, STARTING, …). */
+interface Transition {
+  endsAt: number;
+  then: string;
 }
 
 /** An instance as the cloud currently sees it. */
@@ -149,6 +176,10 @@ export interface LiveInstance {
 interface Slot {
   live: LiveInstance;
   task?: Task | undefined;
+  transition?: Transition | undefined;
+  /** After a task with a busy lag ended: its code, until `until`. */
+  lag?: { code: string; until: number } | undefined;
+  normalShutdownFails: boolean;
 }
 
 /** The emulated account: instances (with their running tasks) and key pairs. */
@@ -161,11 +192,26 @@ export interface Inventory {
   hasKeyPair(region: string, keyId: string): boolean;
   /** The code an operation on the instance gets right now, or undefined when it is idle. */
   busyCode(instanceId: string): string | undefined;
-  /** Starts a cloud task: OPERATING now, `then` applied after `durationMs`. */
+  /** Starts a cloud task: OPERATING now, `then` applied after `durationMs` (or FAILED with `fails`). */
   startTask(
     instanceId: string,
-    task: { operation: string; requestId: string; durationMs: number; then: Task["then"]; busyCode?: string },
+    task: {
+      operation: string;
+      requestId: string;
+      durationMs: number;
+      then: Task["then"];
+      busyCode?: string;
+      fails?: string | undefined;
+      busyLagMs?: number;
+    },
   ): void;
+  /**
+   * Puts the instance in `state` now; with `forMs`, it passes to `then` (default STOPPED) after
+   * that long by itself, as STOPPING, STARTING and the like do.
+   */
+  setState(instanceId: string, state: string, opts?: { forMs?: number; then?: string }): void;
+  /** Whether a normal shutdown of the instance fails (see InstanceSpec.normalShutdownFails). */
+  normalShutdownFails(instanceId: string): boolean;
   /** Drops every change and task: back to the spec. */
   reset(): void;
 }
@@ -192,6 +238,7 @@ export function createInventory(spec: InventorySpec, clock: Clock): Inventory {
             latestOperationRequestId: null,
             latestOperationErrorMsg: null,
           },
+          normalShutdownFails: i.normalShutdownFails === true,
         },
       ]),
     );
@@ -200,12 +247,20 @@ export function createInventory(spec: InventorySpec, clock: Clock): Inventory {
 
   // Tasks finish lazily on read, so a fake clock drives them without timers.
   const settle = (slot: Slot): LiveInstance => {
+    const now = clock.now();
     const task = slot.task;
-    if (task && clock.now() >= task.endsAt) {
-      if (task.then.keyIds) slot.live.keyIds = [...task.then.keyIds];
+    if (task && now >= task.endsAt) {
+      if (task.then.keyIds && task.fails === undefined) slot.live.keyIds = [...task.then.keyIds];
       slot.live.instanceState = task.then.instanceState;
-      slot.live.latestOperationState = "SUCCESS";
+      slot.live.latestOperationState = task.fails === undefined ? "SUCCESS" : "FAILED";
+      slot.live.latestOperationErrorMsg = task.fails ?? null;
+      if (task.busyLagMs > 0) slot.lag = { code: task.busyCode, until: task.endsAt + task.busyLagMs };
       slot.task = undefined;
+    }
+    if (slot.lag && now >= slot.lag.until) slot.lag = undefined;
+    if (slot.transition && now >= slot.transition.endsAt) {
+      slot.live.instanceState = slot.transition.then;
+      slot.transition = undefined;
     }
     return slot.live;
   };
@@ -227,13 +282,18 @@ export function createInventory(spec: InventorySpec, clock: Clock): Inventory {
       return [...slots.values()].map((s) => copy(settle(s)));
     },
     hasKeyPair(region, keyId) {
-      return spec.keyPairs.some((k) => k.keyId === keyId && (k.region === undefined || k.region === region));
+      return spec.keyPairs.some(
+        (k) =>
+          k.keyId === keyId &&
+          (k.region === undefined ||
+            (Array.isArray(k.region) ? k.region.includes(region) : k.region === region)),
+      );
     },
     busyCode(instanceId) {
       const slot = slots.get(instanceId);
       if (!slot) return undefined;
       settle(slot);
-      return slot.task?.busyCode;
+      return slot.task?.busyCode ?? slot.lag?.code;
     },
     startTask(instanceId, t) {
       const slot = slots.get(instanceId);
@@ -243,12 +303,27 @@ export function createInventory(spec: InventorySpec, clock: Clock): Inventory {
         endsAt: clock.now() + t.durationMs,
         then: t.then,
         busyCode: t.busyCode ?? "MutexOperation.TaskRunning",
+        fails: t.fails,
+        busyLagMs: t.busyLagMs ?? 0,
       };
+      slot.lag = undefined;
       slot.live.latestOperation = t.operation;
       slot.live.latestOperationState = "OPERATING";
       slot.live.latestOperationRequestId = t.requestId;
       slot.live.latestOperationErrorMsg = null;
     },
+    setState(instanceId, state, opts = {}) {
+      const slot = slots.get(instanceId);
+      if (!slot) throw new Error(`no instance ${instanceId}`);
+      if (!/^[A-Z_]+$/.test(state)) throw new Error(`not an instance state: ${state.slice(0, 40)}`);
+      settle(slot);
+      slot.live.instanceState = state;
+      slot.transition =
+        opts.forMs === undefined
+          ? undefined
+          : { endsAt: clock.now() + opts.forMs, then: opts.then ?? "STOPPED" };
+    },
+    normalShutdownFails: (instanceId) => slots.get(instanceId)?.normalShutdownFails === true,
     reset: build,
   };
 }

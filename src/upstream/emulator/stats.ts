@@ -25,6 +25,8 @@ export interface Apply {
   instanceIds: string[];
   keyIds: string[];
   forceStop: boolean;
+  /** Instances the cloud actually forced down for it (ForceStop used, not merely sent). */
+  forcedStops?: string[];
 }
 
 /** What happened to one instance: applies, and busy refusals because a real task was running. */
