@@ -86,7 +86,7 @@ interface Seen {
 }
 
 /** A cloud that refuses calls naming `missing` instances (all-or-nothing, like the real one). */
-function handCloud(missing: ReadonlySet<string> = new Set()) {
+function handCloud(missing: ReadonlySet<string> = new Set(), vague = false) {
   const calls: Seen[] = [];
   const held: { resolve(): void }[] = [];
   let hold = false;
@@ -98,7 +98,7 @@ function handCloud(missing: ReadonlySet<string> = new Set()) {
       if (bad.length > 0) {
         throw cloudCodeError(
           "InvalidInstanceId.NotFound",
-          `The instance \`${bad.join(",")}\` does not exist.`,
+          vague ? "An instance does not exist." : `The instance \`${bad.join(",")}\` does not exist.`,
           {
             upstreamCode: "InvalidInstanceId.NotFound",
             upstreamRequestId: `req-${calls.length}`,
@@ -138,10 +138,10 @@ function member(
   };
 }
 
-function setup(opts: { enabled?: boolean; missing?: Set<string>; lingerMs?: number } = {}) {
+function setup(opts: { enabled?: boolean; missing?: Set<string>; vague?: boolean; lingerMs?: number } = {}) {
   const clock = new FakeClock();
   const tokens = handTokens(clock);
-  const cloud = handCloud(opts.missing);
+  const cloud = handCloud(opts.missing, opts.vague);
   const splits: number[] = [];
   const sizes: number[] = [];
   const batcher = createBatcher({
@@ -266,8 +266,37 @@ describe("batcher: who rides along", () => {
 });
 
 describe("batcher: one caller's problem is not the others'", () => {
-  it("a missing instance among 16 callers: only its caller gets NOT_FOUND, within the split bound", async () => {
+  it("a missing instance the message names: its caller apart, the 15 others in one more call", async () => {
     const t = setup({ missing: new Set([id(11)]) });
+    const answers = Array.from({ length: 16 }, (_, i) => t.send(member(i + 1)));
+    await tick();
+    await t.tokens.drain();
+    const done = await Promise.all(answers);
+    for (const [i, d] of done.entries()) {
+      if (i === 10) {
+        expect(d.ok).toBe(false);
+        if (!d.ok) expect(isKeygateError(d.e) && d.e.upstreamCode).toBe("InvalidInstanceId.NotFound");
+        // Alone in its last call: the error is its own.
+        expect(d.progress.batchInstances).toBe(1);
+      } else {
+        expect(d.ok).toBe(true);
+      }
+    }
+    const extra = t.cloud.calls.length - 1;
+    expect(extra).toBeGreaterThan(0);
+    expect(extra).toBeLessThanOrEqual(splitBound(16, 1));
+    // Every call spent a token of its own.
+    expect(t.tokens.granted).toBe(t.cloud.calls.length);
+    expect(t.splits.length).toBe(1);
+    expect(t.cloud.calls.map((c) => c.input.instanceIds.length)).toEqual([16, 1, 15]);
+    // Every good instance went out exactly once in a call that was accepted.
+    const accepted = t.cloud.calls.filter((c) => !c.input.instanceIds.includes(id(11)));
+    const applied = accepted.flatMap((c) => c.input.instanceIds).sort();
+    expect(applied).toEqual(Array.from({ length: 16 }, (_, i) => id(i + 1)).filter((x) => x !== id(11)));
+  });
+
+  it("a missing instance the message does not name: halving, within the split bound", async () => {
+    const t = setup({ missing: new Set([id(11)]), vague: true });
     const answers = Array.from({ length: 16 }, (_, i) => t.send(member(i + 1)));
     await tick();
     await t.tokens.drain();
@@ -296,7 +325,7 @@ describe("batcher: one caller's problem is not the others'", () => {
 
   it("k bad callers among n stay within 2·k·ceil(log2 n) extra calls", async () => {
     const bad = new Set([id(3), id(17), id(40)]);
-    const t = setup({ missing: bad });
+    const t = setup({ missing: bad, vague: true });
     const answers = Array.from({ length: 64 }, (_, i) => t.send(member(i + 1)));
     await tick();
     await t.tokens.drain(200);

@@ -338,14 +338,29 @@ export function createBatcher(opts: BatcherOptions): Batcher {
     const present = f.members.filter((x) => x.state !== "done");
     if (present.length > 1 && isKeygateError(failure) && concernsSomeInstances(failure)) {
       hooks.split?.();
-      const half = Math.ceil(present.length / 2);
-      await Promise.all([resend(present.slice(0, half)), resend(present.slice(half))]);
+      const [a, b] = splitFor(present, failure);
+      await Promise.all([resend(a), resend(b)]);
       return;
     }
     for (const x of present) settle(x, () => x.reject(failure));
   }
 
-  /** One half of a split call: a token of its own (its first member's tenant asks), then the call. */
+  /**
+   * The two parts a failed call is resent as. The cloud's message usually names the instances it
+   * refused: their members go apart from the others (one extra call for the rest); a message that
+   * names none (or all) falls back to halves. Either way a member only ever hears a per-instance
+   * error from a call that carried it alone, so a misleading message costs calls, never answers.
+   */
+  function splitFor(present: Member[], failure: KeygateError): [Member[], Member[]] {
+    const named = present.filter((x) => x.m.input.instanceIds.some((id) => failure.message.includes(id)));
+    if (named.length > 0 && named.length < present.length) {
+      return [named, present.filter((x) => !named.includes(x))];
+    }
+    const half = Math.ceil(present.length / 2);
+    return [present.slice(0, half), present.slice(half)];
+  }
+
+  /** One part of a split call: a token of its own (its first member's tenant asks), then the call. */
   async function resend(part: Member[]): Promise<void> {
     for (;;) {
       const present = part.filter((x) => x.state !== "done");
