@@ -96,7 +96,14 @@ const reasonOfConnect = (e: unknown) =>
 const sdkReason = (e: unknown) =>
   isKeygateError(e) ? (e.upstreamCode ?? e.reason) : e instanceof Error ? e.message : String(e);
 
-async function measure(mode: string, replicas: number, load: LoadResult, extra: Partial<Row> = {}) {
+/** `elapsedS`: from the first request to the last answer (a row ends when its last call returns). */
+async function measure(
+  mode: string,
+  replicas: number,
+  load: LoadResult,
+  elapsedS: number,
+  extra: Partial<Row> = {},
+) {
   const admin = emulatorAdmin(emulator!.url);
   const { applies } = await admin.applied();
   const associates = (await admin.arrivals()).filter((a) => a.action === ASSOCIATE);
@@ -106,8 +113,8 @@ async function measure(mode: string, replicas: number, load: LoadResult, extra: 
     replicas,
     load,
     calls: associates.length,
-    assocPerS: instances / seconds,
-    callsPerS: associates.length / seconds,
+    assocPerS: instances / elapsedS,
+    callsPerS: associates.length / elapsedS,
     maxIn1000: maxIn1000(associates.map((a) => a.at)),
     mutex: associates.filter((a) => a.outcome.startsWith("MutexOperation")).length,
     limitExceeded: associates.filter((a) => a.outcome.startsWith("RequestLimitExceeded")).length,
@@ -117,7 +124,7 @@ async function measure(mode: string, replicas: number, load: LoadResult, extra: 
   rows.push(row);
   console.log(
     `${mode.padEnd(26)} N=${replicas} assoc/s=${row.assocPerS.toFixed(0)} calls=${row.calls} ` +
-      `maxIn1000ms=${row.maxIn1000} MutexOperation=${row.mutex} RequestLimitExceeded=${row.limitExceeded} ` +
+      `over ${elapsedS.toFixed(1)} s maxIn1000ms=${row.maxIn1000} MutexOperation=${row.mutex} RequestLimitExceeded=${row.limitExceeded} ` +
       `callers ok=${load.ok} failed=${JSON.stringify(load.failed)} ` +
       `p50=${percentile(load.latencies, 50)}ms p99=${percentile(load.latencies, 99)}ms` +
       (row.splits !== undefined ? ` splits=${row.splits} notFoundCalls=${row.notFoundCalls}` : ""),
@@ -157,6 +164,7 @@ async function keygateRow(n: number, batch: boolean, bad = false): Promise<void>
   await emulatorAdmin(emulator!.url).reset();
   nextInstance = 0;
   const badOutcomes = { notFound: 0, other: 0 };
+  const started = Date.now();
   const load = await runLoad({
     callers: CALLERS,
     untilMs: Date.now() + LOAD_MS,
@@ -174,13 +182,14 @@ async function keygateRow(n: number, batch: boolean, bad = false): Promise<void>
       }
     },
   });
+  const elapsedS = (Date.now() - started) / 1000;
   const splits = (
     await Promise.all(gateways.map((g) => scrapeCounter(g, "keygate_batch_splits_total")))
   ).reduce((s, x) => s + x, 0);
   await Promise.all(gateways.map((g) => g.stop()));
   gateways = [];
   const mode = bad ? "keygate, 5% bad instances" : `keygate, batching ${batch ? "on" : "off"}`;
-  await measure(mode, n, load, bad ? { splits, badCallers: badOutcomes } : {});
+  await measure(mode, n, load, elapsedS, bad ? { splits, badCallers: badOutcomes } : {});
 }
 
 async function directRow(n: number): Promise<void> {
@@ -191,6 +200,7 @@ async function directRow(n: number): Promise<void> {
       reqTimeoutMs: 10_000,
     }),
   );
+  const started = Date.now();
   const load = await runLoad({
     callers: CALLERS,
     untilMs: Date.now() + LOAD_MS,
@@ -202,8 +212,9 @@ async function directRow(n: number): Promise<void> {
         { signal: never },
       ),
   });
+  const elapsedS = (Date.now() - started) / 1000;
   ups.forEach((u) => u.close());
-  await measure("SDK direct (no keygate)", n, load);
+  await measure("SDK direct (no keygate)", n, load, elapsedS);
 }
 
 const REPLICAS = process.argv[3] ? process.argv[3].split(",").map(Number) : [1, 3];
