@@ -261,6 +261,7 @@ export function createBatcher(opts: BatcherOptions): Batcher {
   function sendWithGrant(grant: Grant, pick: () => Member[]): InFlight | undefined {
     if (grant.sendBy !== undefined && clock.now() > grant.sendBy) return undefined;
     const members = pick();
+    if (members.length === 0) return undefined; // everyone left: the token goes unused
     const first = members[0]!.m.input;
     const input: AssociateInput = {
       region: first.region,
@@ -386,6 +387,7 @@ export function createBatcher(opts: BatcherOptions): Batcher {
         await deliver(sent);
         return;
       }
+      if (part.every((x) => x.state === "done")) return;
     }
   }
 
