@@ -107,7 +107,8 @@ export type AssociateKeyPairsResponse = Message<"keygate.v1.AssociateKeyPairsRes
   /**
    * How many instances the cloud call that carried this request's instances carried: more than
    * this request's own when keygate merged waiting callers into one call (README "When calls
-   * merge"). 0 when this call did not send itself (deduplicated, or a crashed executor's call).
+   * merge"). A deduplicated answer repeats the first answer's; 0 when keygate did not see the
+   * call go out (it took over a crashed replica's send, or found the call applied by asking the cloud).
    *
    * @generated from field: uint32 batch_instances = 4;
    */
