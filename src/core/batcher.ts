@@ -182,7 +182,8 @@ export function createBatcher(opts: BatcherOptions): Batcher {
           bucket,
           tenant: tenant.name,
           weight: tenant.weight,
-          signal: AbortSignal.any([call.signal, stop.signal]),
+          // Off, a member never rides, so only its own signal can end its wait.
+          signal: enabled ? AbortSignal.any([call.signal, stop.signal]) : call.signal,
           deadline: call.deadline,
         });
       } catch (err) {
@@ -288,6 +289,8 @@ export function createBatcher(opts: BatcherOptions): Batcher {
    * deadline is the latest member's (none if any member has none).
    */
   function callOf(members: Member[]): { call: CallOptions; release: () => void } {
+    const only = members.length === 1 ? members[0] : undefined;
+    if (only) return { call: only.m.call, release: () => undefined };
     const all = new AbortController();
     let present = members.length;
     const listening: (() => void)[] = [];
