@@ -335,6 +335,24 @@ describe("batcher: one caller's problem is not the others'", () => {
     expect(t.cloud.calls.length - 1).toBeLessThanOrEqual(splitBound(64, 3));
   });
 
+  it("three missing instances the message names: the rest go in one call, the named ones alone", async () => {
+    const bad = new Set([id(3), id(17), id(40)]);
+    const t = setup({ missing: bad });
+    const answers = Array.from({ length: 64 }, (_, i) => t.send(member(i + 1)));
+    await tick();
+    await t.tokens.drain(200);
+    const done = await Promise.all(answers);
+    expect(new Set(done.flatMap((d, i) => (d.ok ? [] : [id(i + 1)])))).toEqual(bad);
+    // 64 → (3 named | 61 rest): the rest succeed at once; the 3 named ones are halved until alone.
+    const extra = t.cloud.calls.length - 1;
+    expect(extra).toBeLessThanOrEqual(1 + (2 * 3 - 1));
+    expect(extra).toBeLessThanOrEqual(splitBound(64, 3));
+    expect(
+      t.cloud.calls[2]?.input.instanceIds.length ?? t.cloud.calls[1]?.input.instanceIds.length,
+    ).toBeDefined();
+    expect(t.cloud.calls.some((c) => c.input.instanceIds.length === 61)).toBe(true);
+  });
+
   it("whole-call errors are not split: every member hears them", () => {
     const e = (code: string) => cloudCodeError(code, "x", { upstreamCode: code });
     expect(concernsSomeInstances(e("InvalidInstanceId.NotFound"))).toBe(true);
