@@ -347,9 +347,6 @@ describe("batcher: one caller's problem is not the others'", () => {
     const extra = t.cloud.calls.length - 1;
     expect(extra).toBeLessThanOrEqual(1 + (2 * 3 - 1));
     expect(extra).toBeLessThanOrEqual(splitBound(64, 3));
-    expect(
-      t.cloud.calls[2]?.input.instanceIds.length ?? t.cloud.calls[1]?.input.instanceIds.length,
-    ).toBeDefined();
     expect(t.cloud.calls.some((c) => c.input.instanceIds.length === 61)).toBe(true);
   });
 
