@@ -2,6 +2,7 @@
  * The one place that constructs implementations and wires them together (envoy's runner.go).
  * Everything else depends on the small interfaces in src/core/ports.ts.
  */
+import { randomUUID } from "node:crypto";
 import { hostname } from "node:os";
 import type { AddressInfo } from "node:net";
 import { createApiServer } from "./api/server.js";
@@ -186,11 +187,18 @@ export async function createApp(opts: AppOptions) {
     taskMaxWaitMs: settings.taskMaxWaitMs,
     integrity: epoch ?? neverSuspect,
     resendHorizonMs: 2 * settings.upstreamTimeoutMs,
+    batching: {
+      enabled: settings.batch,
+      lingerMs: settings.batchLingerMs,
+      idPrefix: `b${randomUUID().slice(0, 8)}`,
+    },
     hooks: {
       audit,
       upstreamCall: (action, code, seconds) => recordUpstreamCall(metrics, action, code, seconds),
       leaseWait: (seconds) => metrics.leaseWait.observe(seconds),
       dedupJoin: () => metrics.dedupJoins.inc(),
+      batchCall: (instances) => metrics.batchInstances.observe(instances),
+      batchSplit: () => metrics.batchSplits.inc(),
       backgroundError: (err, requestId) =>
         logger.warn({ requestId, err: errorText(err) }, "background task watch failed"),
     },

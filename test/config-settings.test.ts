@@ -56,6 +56,19 @@ describe("settings from the environment", () => {
     expect(p.join("\n")).toContain("KEYGATE_MAX_REQUEST_BYTES=100 is out of range 1024..4194304");
   });
 
+  it("merges waiting calls by default, with no linger; refuses other values", () => {
+    expect(loadSettings(base)).toMatchObject({ batch: true, batchLingerMs: 0 });
+    expect(loadSettings({ ...base, KEYGATE_BATCH: "off", KEYGATE_BATCH_LINGER_MS: "25" })).toMatchObject({
+      batch: false,
+      batchLingerMs: 25,
+    });
+    const p = problems({ ...base, KEYGATE_BATCH: "yes", KEYGATE_BATCH_LINGER_MS: "5000" });
+    expect(p).toEqual([
+      'KEYGATE_BATCH="yes" must be "on" or "off"',
+      expect.stringContaining("KEYGATE_BATCH_LINGER_MS"),
+    ]);
+  });
+
   it("lists every problem at once and never echoes the secret key", () => {
     const p = problems({
       KEYGATE_PORT: "eighty",

@@ -34,11 +34,12 @@ let store: RedisClient;
 
 beforeAll(async () => {
   // The load tenant's policy selects by tag: without its lookup budget, its calls reach the token
-  // queue as fast as they come, which is what these tests need to build a queue.
+  // queue as fast as they come, which is what these tests need to build a queue. One cloud call
+  // per request (KEYGATE_BATCH=off): merged calls would carry the queue in a few tokens.
   fleet = await startLimitFleet({
     replicas: 3,
     instances: INSTANCES,
-    env: { KEYGATE_LOOKUP_RATE_PER_TENANT: "0" },
+    env: { KEYGATE_LOOKUP_RATE_PER_TENANT: "0", KEYGATE_BATCH: "off" },
   });
   ({ emulator, gateways } = fleet);
   store = await whenReady(createRedis(fleet.redis.url));

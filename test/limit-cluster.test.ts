@@ -29,7 +29,13 @@ let emulator: Emulator;
 let gateways: TestGateway[] = [];
 
 beforeAll(async () => {
-  fleet = await startLimitFleet({ replicas: 3, instances: INSTANCES, env: { KEYGATE_LOG_LEVEL: "warn" } });
+  // One cloud call per request (KEYGATE_BATCH=off), so 30 callers saturate the limiter; merged
+  // calls under the same cap are checked in test/batching.test.ts.
+  fleet = await startLimitFleet({
+    replicas: 3,
+    instances: INSTANCES,
+    env: { KEYGATE_LOG_LEVEL: "warn", KEYGATE_BATCH: "off" },
+  });
   ({ emulator, gateways } = fleet);
 });
 afterAll(async () => {

@@ -21,7 +21,9 @@ let emulator: Emulator;
 let gateways: TestGateway[] = [];
 
 beforeAll(async () => {
-  fleet = await startLimitFleet({ replicas: 2, instances: 20 });
+  // One cloud call per request (KEYGATE_BATCH=off): the 12 calls after the restart must meet the
+  // limiter one by one, not ride in two merged calls.
+  fleet = await startLimitFleet({ replicas: 2, instances: 20, env: { KEYGATE_BATCH: "off" } });
   ({ redis, emulator, gateways } = fleet);
 });
 afterAll(async () => {

@@ -41,6 +41,10 @@ export interface Settings {
   taskPollMs: number;
   /** Least ms between two partial merged DescribeInstances polls of one region on one replica (0 = no pacing). */
   describeMergeMs: number;
+  /** Carry waiting callers' attempts in one cloud call (docs/decisions/batching.md). */
+  batch: boolean;
+  /** How long an attempt that would go at once waits for company; 0 = never. */
+  batchLingerMs: number;
   drainMs: number;
   onStoreDown: "fail-closed" | "local-share";
   /** One Redis command's time limit; a connection silent for half of it is dropped (docs/decisions.md). */
@@ -207,6 +211,11 @@ export function loadSettings(env: Env, mode: "serve" | "dev" = "serve"): Setting
   const taskPollMs = int("KEYGATE_TASK_POLL_MS", 500, 50, 60_000);
   const describeMergeMs = int("KEYGATE_DESCRIBE_MERGE_MS", 250, 0, 10_000);
   const drainMs = int("KEYGATE_DRAIN_MS", 20_000, 0, 600_000);
+  const batchText = str("KEYGATE_BATCH", "on") ?? "on";
+  if (batchText !== "on" && batchText !== "off") {
+    problems.push(`KEYGATE_BATCH="${batchText}" must be "on" or "off"`);
+  }
+  const batchLingerMs = int("KEYGATE_BATCH_LINGER_MS", 0, 0, 1_000);
 
   const onStoreDown = str("KEYGATE_ON_STORE_DOWN", "fail-closed");
   if (onStoreDown !== "fail-closed" && onStoreDown !== "local-share") {
@@ -269,6 +278,8 @@ export function loadSettings(env: Env, mode: "serve" | "dev" = "serve"): Setting
     taskMaxWaitMs,
     taskPollMs,
     describeMergeMs,
+    batch: batchText !== "off",
+    batchLingerMs,
     drainMs,
     onStoreDown: onStoreDown as Settings["onStoreDown"],
     storeTimeoutMs,

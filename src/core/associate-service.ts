@@ -24,6 +24,7 @@ import { isTransientUpstream, mayHaveReachedUpstream, nextStep } from "./cloud-e
 import { reconcile, type SendHistory } from "./reconcile.js";
 import { fingerprintOf } from "./fingerprint.js";
 import { validateRequest } from "./validate.js";
+import { createBatcher, newProgress } from "./batcher.js";
 
 /** Observers the orchestration reports to; all optional so tests can leave them out. */
 export interface AssociateHooks {
@@ -36,6 +37,10 @@ export interface AssociateHooks {
    * of the call it belongs to, so the log line joins that call's audit line.
    */
   backgroundError?: (err: unknown, requestId: string) => void;
+  /** One AssociateInstancesKeyPairs call went out carrying `instances` for `members` callers. */
+  batchCall?: (instances: number, members: number) => void;
+  /** A call that failed for some of its instances was split in two (docs/decisions/batching.md). */
+  batchSplit?: () => void;
 }
 
 export interface AssociateServiceOptions {
@@ -62,6 +67,11 @@ export interface AssociateServiceOptions {
   resendHorizonMs?: number;
   /** Whether the shared store may have lost its data (src/store/epoch.ts). Default `neverSuspect`. */
   integrity?: StoreIntegrity | undefined;
+  /**
+   * Carrying several callers' attempts in one cloud call (docs/decisions/batching.md): on by
+   * default, with no linger.
+   */
+  batching?: { enabled: boolean; lingerMs: number; idPrefix?: string };
   /** Jitter source for retry backoff. */
   random?: () => number;
   hooks?: AssociateHooks;
@@ -70,6 +80,8 @@ export interface AssociateServiceOptions {
 /** How one execution's cloud call ended. */
 interface Sent {
   requestId: string;
+  /** The cloud call that carried the instances, when this execution sent it. */
+  batch?: { id: string; instances: number };
   /** Set when a reconcile found the call applied: the instances are idle, nothing to watch. */
   settled?: AssociateResult["instances"];
 }
@@ -97,6 +109,22 @@ export function createAssociateService(opts: AssociateServiceOptions) {
   /** Leases held after an answer until the cloud task ends; awaited on drain. */
   const background = new Set<Promise<void>>();
   const backgroundAbort = new AbortController();
+  const batcher = createBatcher({
+    clock,
+    limiter,
+    upstream,
+    bucket,
+    enabled: opts.batching?.enabled ?? true,
+    lingerMs: opts.batching?.lingerMs ?? 0,
+    idPrefix: opts.batching?.idPrefix,
+    hooks: {
+      call: (code, seconds, instances, members) => {
+        hooks.upstreamCall?.("AssociateInstancesKeyPairs", code, seconds);
+        hooks.batchCall?.(instances, members);
+      },
+      split: () => hooks.batchSplit?.(),
+    },
+  });
 
   async function associate(call: AssociateCall): Promise<AssociateResult> {
     const started = clock.now();
@@ -205,18 +233,19 @@ export function createAssociateService(opts: AssociateServiceOptions) {
       );
       const { requestId } = sent;
       entry.upstreamRequestId = requestId;
+      const batch = { batchId: sent.batch?.id ?? "", batchInstances: sent.batch?.instances ?? 0 };
       if (sent.settled)
-        return { requestId, deduplicated: false, instances: waitForCompletion ? sent.settled : [] };
+        return { requestId, deduplicated: false, instances: waitForCompletion ? sent.settled : [], ...batch };
       if (waitForCompletion) {
         const instances = await tasks.waitForTasks(input.region, input.instanceIds, requestId, opts);
-        return { requestId, deduplicated: false, instances };
+        return { requestId, deduplicated: false, instances, ...batch };
       }
       // The cloud task outlives the call: keep the instances leased until it ends (G3).
       handedOff = true;
       const watch = holdUntilTaskEnds(input, requestId, lease, call.requestId);
       background.add(watch);
       void watch.finally(() => background.delete(watch));
-      return { requestId, deduplicated: false, instances: [] };
+      return { requestId, deduplicated: false, instances: [], ...batch };
     } finally {
       if (!handedOff) await lease.release().catch((e: unknown) => hooks.backgroundError?.(e, call.requestId));
     }
@@ -290,6 +319,8 @@ export function createAssociateService(opts: AssociateServiceOptions) {
     const requestIds = [...(uncertain?.requestIds ?? [])];
     let retries = 0;
     let transient = 0;
+    /** This request's attempts that reached a cloud call. */
+    let sends = 0;
     /** The cloud's answer that made us retry: what the caller hears if time runs out while retrying. */
     let retrying: KeygateError | undefined;
     const orLast = (err: unknown): never => {
@@ -322,81 +353,79 @@ export function createAssociateService(opts: AssociateServiceOptions) {
       // latest moment it could happen stands as sentAt: a takeover reconciles after it.
       // Rejected = another executor took the operation over: it, not we, may send.
       await execution.mark("sending", { sentAt: call.deadline ?? clock.now() + DEFAULT_SEND_BOUND_MS });
-      // Every attempt, first or retry, spends a token (G1).
-      const grant = await limiter
-        .acquire({ bucket, tenant: tenant.name, weight: tenant.weight, ...call })
-        .catch(async (err: unknown) => {
-          // No token, so nothing went out: unless an earlier send may have, say so.
-          if (!uncertain) await execution.mark("claimed").catch(() => undefined);
-          return orLast(err);
-        });
-      entry.limiterWaitMs += grant.waitedMs;
-      if (grant.sendBy !== undefined && clock.now() > grant.sendBy) continue;
-      const sentAt = clock.now();
-      entry.attempts += 1;
-      try {
-        crashPoint("before-send");
-        const { requestId } = await upstream.associateInstancesKeyPairs(input, call);
-        crashPoint("after-send");
-        hooks.upstreamCall?.("AssociateInstancesKeyPairs", "OK", (clock.now() - sentAt) / 1000);
+      // Every attempt, first or retry, spends a token (G1); the batcher may carry it in one call
+      // with other callers' attempts that wait for a token too (docs/decisions/batching.md).
+      const progress = newProgress();
+      const carried = await batcher
+        .send({ tenant, input, call }, progress)
+        .then((s) => ({ ok: true as const, s }))
+        .catch((err: unknown) => ({ ok: false as const, err }));
+      entry.limiterWaitMs += progress.waitedMs;
+      entry.attempts += progress.calls;
+      entry.batchId = progress.batchId ?? entry.batchId;
+      if (progress.batchId !== undefined) entry.batchSize = progress.batchInstances;
+      if (carried.ok) {
+        const { requestId } = carried.s;
         // Not recorded = a peer took over; it reconciles and finds this call applied.
         await execution.mark("sent", { requestId }).catch(() => undefined);
-        return { requestId };
-      } catch (err) {
-        const e = asKeygateError(err, call);
-        hooks.upstreamCall?.(
-          "AssociateInstancesKeyPairs",
-          e.upstreamCode ?? e.reason,
-          (clock.now() - sentAt) / 1000,
-        );
-        entry.upstreamCode = e.upstreamCode;
-        entry.upstreamRequestId = e.upstreamRequestId;
-        if (mayHaveReachedUpstream(e)) {
-          // A coded answer shows the request arrived: nothing of it is still on its way.
-          uncertain = { sentAt: e.upstreamCode === undefined ? sentAt : 0, requestIds };
-          await execution.mark("uncertain", { sentAt }).catch(orLast);
-        }
-        const step = nextStep({
-          failure: e,
-          retries,
-          transientRetries: transient,
-          cloudCalls: entry.attempts,
-          timeLeftMs: hasTimeLeft(call) ? remaining(call) : 0,
-          random: random(),
-        });
-        switch (step.step) {
-          case "penalize":
-            // Someone outside keygate spent the quota: make every replica hold off, then retry.
-            retrying = undefined;
-            await limiter.penalize(bucket, step.penaltyMs);
-            continue;
-          case "backoff":
-            retries += 1;
-            if (isTransientUpstream(e)) transient += 1;
-            retrying = e;
-            await clock.sleep(step.delayMs, call.signal).catch(orLast);
-            // Busy: another task runs; wait it out (a reconcile waits too).
-            if (!uncertain) {
-              await tasks.waitUntilIdle(input.region, input.instanceIds, call).catch(orLast);
-              if (!hasTimeLeft(call)) throw e;
+        return { requestId, batch: { id: carried.s.batchId, instances: carried.s.batchInstances } };
+      }
+      const sentAt = progress.sentAt;
+      if (sentAt === undefined) {
+        // No token, so nothing went out: unless an earlier send may have, say so.
+        if (!uncertain) await execution.mark("claimed").catch(() => undefined);
+        return orLast(carried.err);
+      }
+      sends += 1;
+      const e = asKeygateError(carried.err, call);
+      entry.upstreamCode = e.upstreamCode;
+      entry.upstreamRequestId = e.upstreamRequestId;
+      if (mayHaveReachedUpstream(e)) {
+        // A coded answer shows the request arrived: nothing of it is still on its way.
+        uncertain = { sentAt: e.upstreamCode === undefined ? (sentAt ?? 0) : 0, requestIds };
+        await execution.mark("uncertain", { sentAt: sentAt ?? 0 }).catch(orLast);
+      }
+      const step = nextStep({
+        failure: e,
+        retries,
+        transientRetries: transient,
+        // Splits (a few more calls for the same attempt) are bounded on their own.
+        cloudCalls: sends,
+        timeLeftMs: hasTimeLeft(call) ? remaining(call) : 0,
+        random: random(),
+      });
+      switch (step.step) {
+        case "penalize":
+          // Someone outside keygate spent the quota: make every replica hold off, then retry.
+          retrying = undefined;
+          await limiter.penalize(bucket, step.penaltyMs);
+          continue;
+        case "backoff":
+          retries += 1;
+          if (isTransientUpstream(e)) transient += 1;
+          retrying = e;
+          await clock.sleep(step.delayMs, call.signal).catch(orLast);
+          // Busy: another task runs; wait it out (a reconcile waits too).
+          if (!uncertain) {
+            await tasks.waitUntilIdle(input.region, input.instanceIds, call).catch(orLast);
+            if (!hasTimeLeft(call)) throw e;
+          }
+          continue;
+        case "answer":
+          // An uncertain last send: the cloud may have applied it, ask before saying it failed.
+          if (uncertain && hasTimeLeft(call)) {
+            const verdict = await reconcile(reconcileDeps, input, { ...uncertain, requestIds }, call).catch(
+              () => undefined,
+            );
+            if (verdict?.applied) {
+              await execution.mark("sent", { requestId: verdict.requestId }).catch(() => undefined);
+              return { requestId: verdict.requestId, settled: verdict.instances };
             }
-            continue;
-          case "answer":
-            // An uncertain last send: the cloud may have applied it, ask before saying it failed.
-            if (uncertain && hasTimeLeft(call)) {
-              const verdict = await reconcile(reconcileDeps, input, { ...uncertain, requestIds }, call).catch(
-                () => undefined,
-              );
-              if (verdict?.applied) {
-                await execution.mark("sent", { requestId: verdict.requestId }).catch(() => undefined);
-                return { requestId: verdict.requestId, settled: verdict.instances };
-              }
-            }
-            // Every send so far was answered with a code: nothing is on its way, a rerun need not wait.
-            if (!uncertain && e.upstreamCode !== undefined)
-              await execution.mark("claimed").catch(() => undefined);
-            throw e;
-        }
+          }
+          // Every send so far was answered with a code: nothing is on its way, a rerun need not wait.
+          if (!uncertain && e.upstreamCode !== undefined)
+            await execution.mark("claimed").catch(() => undefined);
+          throw e;
       }
     }
   }

@@ -25,6 +25,13 @@ export interface AssociateResult {
   requestId: string;
   deduplicated: boolean;
   instances: InstanceOutcome[];
+  /**
+   * Instances carried by the cloud call that carried this caller's (docs/decisions/batching.md);
+   * 0 when unknown (an inherited or reconciled send).
+   */
+  batchInstances?: number;
+  /** keygate's id of that call, also in the audit line; "" when unknown. */
+  batchId?: string;
 }
 
 /** What DescribeInstances tells about one instance (only the fields keygate uses). */

@@ -16,7 +16,11 @@ export interface CallOptions {
  * answered an error, with reason UPSTREAM_* when it could not be reached or answered garbage.
  */
 export interface Upstream {
-  associateInstancesKeyPairs(input: AssociateInput, opts: CallOptions): Promise<{ requestId: string }>;
+  /** `opts.grant`: the limiter's token this call spends (its `sendBy` bounds when it may go out). */
+  associateInstancesKeyPairs(
+    input: AssociateInput,
+    opts: CallOptions & { grant?: Grant },
+  ): Promise<{ requestId: string }>;
   /** At most 100 ids per call. */
   describeInstances(
     region: string,
@@ -210,6 +214,10 @@ export interface AuditEntry {
   attempts: number;
   upstreamRequestId?: string | undefined;
   upstreamCode?: string | undefined;
+  /** The cloud call that carried this caller's instances (docs/decisions/batching.md). */
+  batchId?: string | undefined;
+  /** Instances that call carried (this caller's and its companions'). */
+  batchSize?: number | undefined;
   /** Why a request that could not be read was refused (bounded, printable). */
   error?: string | undefined;
   durationMs: number;

@@ -41,6 +41,8 @@ export function createAuditSink(logger: Logger, metrics: Metrics) {
         attempts: entry.attempts,
         upstreamRequestId: entry.upstreamRequestId ?? null,
         upstreamCode: entry.upstreamCode ?? null,
+        batchId: entry.batchId ?? null,
+        batchSize: entry.batchSize ?? null,
         ...(entry.error === undefined ? {} : { error: clip(entry.error, 200) }),
         durationMs: entry.durationMs,
       },

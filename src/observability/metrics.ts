@@ -106,6 +106,17 @@ export function createMetrics(opts: { defaultMetrics?: boolean; revision?: strin
       help: "Requests answered by joining an identical call or replaying an idempotency key",
       registers: r,
     }),
+    batchInstances: new Histogram({
+      name: "keygate_batch_instances",
+      help: "Instances carried by one AssociateInstancesKeyPairs call (several callers' when calls merge)",
+      buckets: [1, 2, 5, 10, 20, 50, 80, 100],
+      registers: r,
+    }),
+    batchSplits: new Counter({
+      name: "keygate_batch_splits_total",
+      help: "Merged calls split in two because the cloud refused some of their instances",
+      registers: r,
+    }),
     leaseWait: new Histogram({
       name: "keygate_lease_wait_seconds",
       help: "Time a request waited for its instances' leases",

@@ -58,6 +58,23 @@ tenants:
     weight: 1
 `;
 
+/**
+ * The batching tests' and bench's tenant (same token and key as FLEET_POLICY): any instance of the
+ * account, so no DescribeInstances before the send, and ids the cloud does not have get as far as
+ * the cloud (which answers InvalidInstanceId.NotFound).
+ */
+export const BATCH_POLICY = `
+tenants:
+  fleet:
+    tokens_sha256: ["${sha256(LOAD_TOKEN)}"]
+    regions: [ap-guangzhou]
+    instances: "*"
+    keys: [${LOAD_KEY}]
+    force_stop: false
+    max_instances_per_request: 100
+    weight: 1
+`;
+
 export interface LoadResult {
   ok: number;
   /** Count per error reason (or code) of the calls that failed. */

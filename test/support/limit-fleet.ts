@@ -19,12 +19,16 @@ export async function startLimitFleet(opts: {
   replicas: number;
   instances: number;
   env?: Record<string, string>;
+  /** Default FLEET_POLICY. */
+  policyText?: string;
+  /** Default 50 ms. */
+  taskMs?: number;
 }): Promise<LimitFleet> {
   const redis = await startRedis();
   const emulator = await createEmulator({
     host: "127.0.0.1",
     port: 0,
-    taskMs: 50,
+    taskMs: opts.taskMs ?? 50,
     inventory: fleetInventory(opts.instances),
   });
   const gateways: TestGateway[] = [];
@@ -38,7 +42,7 @@ export async function startLimitFleet(opts: {
       gateways.push(
         await startGateway({
           emulator,
-          policyText: FLEET_POLICY,
+          policyText: opts.policyText ?? FLEET_POLICY,
           env: { KEYGATE_REDIS_URL: redis.url, ...opts.env },
         }),
       );

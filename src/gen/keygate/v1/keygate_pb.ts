@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
 export const file_keygate_v1_keygate: GenFile =
   /*@__PURE__*/
   fileDesc(
-    "ChhrZXlnYXRlL3YxL2tleWdhdGUucHJvdG8SCmtleWdhdGUudjEimwEKGEFzc29jaWF0ZUtleVBhaXJzUmVxdWVzdBIOCgZyZWdpb24YASABKAkSFAoMaW5zdGFuY2VfaWRzGAIgAygJEg8KB2tleV9pZHMYAyADKAkSEgoKZm9yY2Vfc3RvcBgEIAEoCBIXCg9pZGVtcG90ZW5jeV9rZXkYBSABKAkSGwoTd2FpdF9mb3JfY29tcGxldGlvbhgGIAEoCCJ1ChlBc3NvY2lhdGVLZXlQYWlyc1Jlc3BvbnNlEhIKCnJlcXVlc3RfaWQYASABKAkSFAoMZGVkdXBsaWNhdGVkGAIgASgIEi4KCWluc3RhbmNlcxgDIAMoCzIbLmtleWdhdGUudjEuSW5zdGFuY2VPdXRjb21lIkYKD0luc3RhbmNlT3V0Y29tZRITCgtpbnN0YW5jZV9pZBgBIAEoCRINCgVzdGF0ZRgCIAEoCRIPCgdtZXNzYWdlGAMgASgJImkKC0Vycm9yRGV0YWlsEg4KBnJlYXNvbhgBIAEoCRIVCg11cHN0cmVhbV9jb2RlGAIgASgJEhsKE3Vwc3RyZWFtX3JlcXVlc3RfaWQYAyABKAkSFgoOcmV0cnlfYWZ0ZXJfbXMYBCABKAMycgoOS2V5UGFpclNlcnZpY2USYAoRQXNzb2NpYXRlS2V5UGFpcnMSJC5rZXlnYXRlLnYxLkFzc29jaWF0ZUtleVBhaXJzUmVxdWVzdBolLmtleWdhdGUudjEuQXNzb2NpYXRlS2V5UGFpcnNSZXNwb25zZUJ8Cg5kZXYua2V5Z2F0ZS52MUIMS2V5Z2F0ZVByb3RvUAFaJ2tleWdhdGUuZGV2L2dlbi9nby9rZXlnYXRlL3YxO2tleWdhdGV2MaICA0tYWKoCCktleWdhdGUuVjG6AgJLR8oCCktleWdhdGVcVjHqAgtLZXlnYXRlOjpWMWIGcHJvdG8z",
+    "ChhrZXlnYXRlL3YxL2tleWdhdGUucHJvdG8SCmtleWdhdGUudjEimwEKGEFzc29jaWF0ZUtleVBhaXJzUmVxdWVzdBIOCgZyZWdpb24YASABKAkSFAoMaW5zdGFuY2VfaWRzGAIgAygJEg8KB2tleV9pZHMYAyADKAkSEgoKZm9yY2Vfc3RvcBgEIAEoCBIXCg9pZGVtcG90ZW5jeV9rZXkYBSABKAkSGwoTd2FpdF9mb3JfY29tcGxldGlvbhgGIAEoCCKgAQoZQXNzb2NpYXRlS2V5UGFpcnNSZXNwb25zZRISCgpyZXF1ZXN0X2lkGAEgASgJEhQKDGRlZHVwbGljYXRlZBgCIAEoCBIuCglpbnN0YW5jZXMYAyADKAsyGy5rZXlnYXRlLnYxLkluc3RhbmNlT3V0Y29tZRIXCg9iYXRjaF9pbnN0YW5jZXMYBCABKA0SEAoIYmF0Y2hfaWQYBSABKAkiRgoPSW5zdGFuY2VPdXRjb21lEhMKC2luc3RhbmNlX2lkGAEgASgJEg0KBXN0YXRlGAIgASgJEg8KB21lc3NhZ2UYAyABKAkiaQoLRXJyb3JEZXRhaWwSDgoGcmVhc29uGAEgASgJEhUKDXVwc3RyZWFtX2NvZGUYAiABKAkSGwoTdXBzdHJlYW1fcmVxdWVzdF9pZBgDIAEoCRIWCg5yZXRyeV9hZnRlcl9tcxgEIAEoAzJyCg5LZXlQYWlyU2VydmljZRJgChFBc3NvY2lhdGVLZXlQYWlycxIkLmtleWdhdGUudjEuQXNzb2NpYXRlS2V5UGFpcnNSZXF1ZXN0GiUua2V5Z2F0ZS52MS5Bc3NvY2lhdGVLZXlQYWlyc1Jlc3BvbnNlQnwKDmRldi5rZXlnYXRlLnYxQgxLZXlnYXRlUHJvdG9QAVona2V5Z2F0ZS5kZXYvZ2VuL2dvL2tleWdhdGUvdjE7a2V5Z2F0ZXYxogIDS1hYqgIKS2V5Z2F0ZS5WMboCAktHygIKS2V5Z2F0ZVxWMeoCC0tleWdhdGU6OlYxYgZwcm90bzM",
   );
 
 /**
@@ -103,6 +103,23 @@ export type AssociateKeyPairsResponse = Message<"keygate.v1.AssociateKeyPairsRes
    * @generated from field: repeated keygate.v1.InstanceOutcome instances = 3;
    */
   instances: InstanceOutcome[];
+
+  /**
+   * How many instances the cloud call that carried this request's instances carried: more than
+   * this request's own when keygate merged waiting callers into one call (README "When calls
+   * merge"). A deduplicated answer repeats the first answer's; 0 when keygate did not see the
+   * call go out (it took over a crashed replica's send, or found the call applied by asking the cloud).
+   *
+   * @generated from field: uint32 batch_instances = 4;
+   */
+  batchInstances: number;
+
+  /**
+   * keygate's id of that cloud call, also in every audit line it carried; empty when unknown.
+   *
+   * @generated from field: string batch_id = 5;
+   */
+  batchId: string;
 };
 
 /**
