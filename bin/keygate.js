@@ -1,6 +1,7 @@
 #!/usr/bin/env node
-// The `keygate` command: runs the compiled CLI in dist/ (built by `npm run build`, which `npm ci`'s prepare
-// step and `npm start` run). Plain JavaScript, no tsx: production runs compiled code (docs/decisions/deploy.md).
+// The `keygate` command: runs the compiled CLI in dist/ (written by `npm run build`, which `npm start`, the test
+// suite and the image build run). Plain JavaScript, no tsx: production runs compiled code
+// (docs/decisions/deploy.md).
 const entry = new URL("../dist/cli/main.js", import.meta.url);
 
 import(entry.href).catch((err) => {
