@@ -14,6 +14,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { Health, HealthCheckResponse_ServingStatus } from "../src/gen/health/v1/health_pb.js";
 import { KeyPairService } from "../src/gen/keygate/v1/keygate_pb.js";
 import { HELP } from "../src/cli/commands.js";
+import { prewarmPolicyParser, validateIsolated } from "../src/policy/isolated.js";
 import type { Emulator } from "../src/upstream/emulator/index.js";
 import { startEmulator } from "./support/app.js";
 import { DIST_MAIN } from "./support/build.js";
@@ -202,4 +203,23 @@ describe("a read-only temp directory", () => {
     expect(viaTsx.code).not.toBe(0);
     expect(viaTsx.stderr).toContain(readOnlyDir);
   }, 90_000);
+});
+
+describe("the policy parser started ahead (serve's start-up)", () => {
+  it("answers like a parser started on demand, for a good and a bad file", async () => {
+    for (const text of [TWO_TENANTS, "tenants:\n  x:\n    regions: [nowhere]\n"]) {
+      prewarmPolicyParser();
+      const prewarmed = await validateIsolated(text);
+      const onDemand = await validateIsolated(text);
+      expect(prewarmed).toEqual(onDemand);
+    }
+    expect((await validateIsolated(TWO_TENANTS)).ok).toBe(true);
+  });
+
+  it("a spare nobody takes does not keep the process alive", async () => {
+    const code = `import(${JSON.stringify(pathToFileURL(join(DIST, "policy", "isolated.js")).href)}).then((m) => m.prewarmPolicyParser())`;
+    const r = await runToEnd(process.execPath, ["-e", code], cleanEnv(), 20_000);
+    expect(r.stderr).toBe("");
+    expect(r.code).toBe(0);
+  });
 });
