@@ -58,6 +58,8 @@ COPY --from=build /app/dist ./dist
 USER 10001:10001
 EXPOSE 8080 9090
 # Exec form: no shell at runtime, and SIGTERM reaches node directly so it can drain. bin/keygate.js runs
-# dist/cli/main.js, i.e. `keygate`.
-ENTRYPOINT ["node", "bin/keygate.js"]
+# dist/cli/main.js, i.e. `keygate`. The V8 flags trade a little speed for idle memory (a 1 MB young generation,
+# size-optimised code, one V8 helper thread): about 15 MB less per replica, measured by `npm run bench:startup`
+# (docs/benchmarks.md, docs/decisions/deploy.md). deploy/ gives the same command.
+ENTRYPOINT ["node", "--max-semi-space-size=1", "--optimize-for-size", "--v8-pool-size=1", "bin/keygate.js"]
 CMD ["serve"]

@@ -16,7 +16,7 @@ import { createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { Health, HealthCheckResponse_ServingStatus } from "../src/gen/health/v1/health_pb.js";
 import { createEmulator, EMULATOR_SECRET_ID, EMULATOR_SECRET_KEY } from "../src/upstream/emulator/index.js";
-import { ensureBuilt } from "../test/support/build.js";
+import { ensureBuilt, imageEntrypoint } from "../test/support/build.js";
 import { opsPolicy } from "../test/support/policies.js";
 import { ROOT } from "../test/support/process.js";
 import { freePort, startRedis } from "../test/support/redis-server.js";
@@ -37,8 +37,8 @@ if (
   process.exit(2);
 }
 
-/** The node flags the image's ENTRYPOINT gives (test/cli-dockerfile.test.ts keeps the two equal). */
-export const IMAGE_NODE_FLAGS = ["--max-semi-space-size=1", "--optimize-for-size", "--v8-pool-size=1"];
+/** The node flags the image's ENTRYPOINT gives (and deploy/ repeats; test/cli-dockerfile.test.ts). */
+const IMAGE_NODE_FLAGS = imageEntrypoint().slice(1, -1);
 
 /** The command line each mode starts; node's own flags first. */
 const MODES: { name: string; argv: string[] }[] = [

@@ -6,6 +6,8 @@
 import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
+import { parse } from "yaml";
+import { imageEntrypoint } from "./support/build.js";
 import { ROOT } from "./support/process.js";
 
 const dockerfile = readFileSync(join(ROOT, "Dockerfile"), "utf8");
@@ -61,7 +63,12 @@ describe("Dockerfile stages", () => {
     expect(copies).toContain("COPY --from=deps /app/node_modules ./node_modules");
     expect(copies.filter((l) => /\b(src|test|bench|scripts|tsconfig[\w.]*)\b/.test(l))).toEqual([]);
     expect(runtime.join("\n")).not.toMatch(/tsx|esbuild|typescript/);
-    expect(runtime).toContain('ENTRYPOINT ["node", "bin/keygate.js"]');
+    const entrypoint = imageEntrypoint();
+    expect(entrypoint[0]).toBe("node");
+    expect(entrypoint.at(-1)).toBe("bin/keygate.js");
+    expect(runtime.filter((l) => l.startsWith("ENTRYPOINT "))).toEqual([
+      `ENTRYPOINT ${JSON.stringify(entrypoint)}`.replace(/","/g, '", "'),
+    ]);
     expect(stage("deps").some((l) => /npm ci --omit=dev\b/.test(l))).toBe(true);
   });
 
@@ -118,5 +125,19 @@ describe("Dockerfile metadata and examples", () => {
     const examples = dockerfile.split("\n").filter((l) => /^#\s+docker run .* emulator\b/.test(l));
     expect(examples.length).toBeGreaterThan(0);
     for (const e of examples) expect(e).toContain("-e KEYGATE_HOST=0.0.0.0");
+  });
+});
+
+describe("deploy/ runs what the image runs", () => {
+  it("every keygate container's command is the image's ENTRYPOINT (compiled, same node flags)", () => {
+    const files = ["deploy/base/deployment.yaml", "deploy/overlays/dev/emulator.yaml"];
+    for (const file of files) {
+      const doc = parse(readFileSync(join(ROOT, file), "utf8").split(/^---$/m)[0] ?? "") as {
+        spec: { template: { spec: { containers: { image: string; command?: string[] }[] } } };
+      };
+      const containers = doc.spec.template.spec.containers.filter((c) => c.image === "keygate");
+      expect(containers.length, file).toBeGreaterThan(0);
+      for (const c of containers) expect(c.command, file).toEqual(imageEntrypoint());
+    }
   });
 });

@@ -4,7 +4,7 @@
  * inside tests run current compiled code (docs/decisions/deploy.md).
  */
 import { execFileSync } from "node:child_process";
-import { existsSync, readdirSync, statSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -34,4 +34,12 @@ export function isBuildFresh(): boolean {
 export function ensureBuilt(): void {
   if (isBuildFresh()) return;
   execFileSync(process.execPath, [join(ROOT, "scripts", "build.mjs")], { cwd: ROOT, stdio: "pipe" });
+}
+
+/** The Dockerfile's ENTRYPOINT (exec form): node, its flags, bin/keygate.js. */
+export function imageEntrypoint(): string[] {
+  const dockerfile = readFileSync(join(ROOT, "Dockerfile"), "utf8");
+  const line = /^ENTRYPOINT\s+(\[.*\])\s*$/m.exec(dockerfile)?.[1];
+  if (!line) throw new Error("the Dockerfile has no exec-form ENTRYPOINT");
+  return JSON.parse(line) as string[];
 }
