@@ -1,6 +1,7 @@
 /**
  * The `keygate` command line as users run it: real child processes from the project root, through
- * `npx keygate` (the package's bin) and `node --import tsx src/cli/main.ts` (what `npm start` runs).
+ * `npx keygate` (the package's bin, which runs the compiled dist/) and `node --import tsx src/cli/main.ts`
+ * (the TypeScript sources, as in development). test/cli-compiled.test.ts covers the compiled start itself.
  */
 import { createHash } from "node:crypto";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";

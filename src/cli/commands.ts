@@ -1,15 +1,9 @@
-/** `keygate <command>`: serve, dev, emulator, policy check, token. */
+/**
+ * `keygate <command>`: serve, dev, emulator, policy check, token. Each command imports what it needs
+ * when it runs, so `keygate serve` never loads the emulator or the policy checker, and `--help` loads
+ * nothing (start-up time and idle memory: docs/decisions/deploy.md).
+ */
 import { randomBytes } from "node:crypto";
-import { buildRevisionFrom, loadSettings } from "../config/settings.js";
-import { createLogger } from "../observability/logger.js";
-import { startTracing } from "../observability/tracing.js";
-import { tokenSha256Hex } from "../policy/authenticate.js";
-import { checkPolicyFile } from "../policy/check-command.js";
-import { createApp } from "../main.js";
-import { buildInfo } from "../version.js";
-import { stopOnSignals } from "./signals.js";
-import { runDev } from "./dev.js";
-import { runEmulator } from "./emulator.js";
 
 export const HELP = `keygate — a policy-guarded, rate-limited gateway for Tencent Cloud CVM AssociateInstancesKeyPairs
 
@@ -44,12 +38,16 @@ export async function run(
     case "version":
     case "--version":
     case "-V": {
-      const revision = buildRevisionFrom(env);
-      const b = buildInfo(revision ?? undefined);
+      const [{ buildRevisionFrom }, { buildInfo }] = await Promise.all([
+        import("../config/settings.js"),
+        import("../version.js"),
+      ]);
+      const b = buildInfo(buildRevisionFrom(env) ?? undefined);
       process.stdout.write(`keygate ${b.version} (revision ${b.revision}, node ${b.node})\n`);
       return 0;
     }
     case "token": {
+      const { tokenSha256Hex } = await import("../policy/authenticate.js");
       const token = randomBytes(32).toString("base64url");
       process.stdout.write(`token:  ${token}\nsha256: ${tokenSha256Hex(token)}\n`);
       process.stdout.write(
@@ -62,30 +60,25 @@ export async function run(
         process.stderr.write("usage: keygate policy check FILE\n");
         return 2;
       }
+      const { checkPolicyFile } = await import("../policy/check-command.js");
       const result = await checkPolicyFile(rest[1]);
       (result.exitCode === 0 ? process.stdout : process.stderr).write(
         result.output.endsWith("\n") ? result.output : `${result.output}\n`,
       );
       return result.exitCode;
     }
-    case "emulator":
+    case "emulator": {
+      const { runEmulator } = await import("./emulator.js");
       return runEmulator(rest, env);
+    }
     case "serve":
-      return serve(env);
-    case "dev":
+      return (await import("./serve.js")).serve(env);
+    case "dev": {
+      const { runDev } = await import("./dev.js");
       return runDev(env);
+    }
     default:
       process.stderr.write(`unknown command "${command}"\n\n${HELP}`);
       return 2;
   }
-}
-
-async function serve(env: Record<string, string | undefined>): Promise<number | "running"> {
-  const settings = loadSettings(env, "serve");
-  const logger = createLogger(settings.logLevel);
-  const stopTracing = await startTracing(env);
-  const app = await createApp({ settings, logger });
-  await app.start();
-  stopOnSignals(app, logger, stopTracing);
-  return "running";
 }

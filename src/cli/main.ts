@@ -1,7 +1,13 @@
 /** Entry point of the `keygate` command; the only module that reads process.argv and process.env. */
-import { SettingsError } from "../config/settings.js";
-import { StartupError } from "../main.js";
 import { run } from "./commands.js";
+
+/**
+ * A configuration or start-up problem (SettingsError, StartupError) is printed as its message alone.
+ * Matched by name so that this entry point does not load the settings and the whole app for `--help`.
+ */
+function isUserError(err: unknown): err is Error {
+  return err instanceof Error && (err.name === "SettingsError" || err.name === "StartupError");
+}
 
 function main(): void {
   run(process.argv.slice(2), process.env).then(
@@ -9,7 +15,7 @@ function main(): void {
       if (code !== "running") process.exitCode = code;
     },
     (err: unknown) => {
-      if (err instanceof SettingsError || err instanceof StartupError) {
+      if (isUserError(err)) {
         process.stderr.write(`keygate: ${err.message}\n`);
       } else {
         process.stderr.write(`keygate: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);

@@ -6,13 +6,8 @@
  * docs/decisions/policy.md.
  */
 import { Worker } from "node:worker_threads";
-import {
-  digestOf,
-  policyFromFile,
-  readPolicyFile,
-  type PolicyLoadResult,
-  type PolicyValidation,
-} from "./load.js";
+import type { PolicyValidation } from "./load.js";
+import { digestOf, policyFromFile, readPolicyFile, type PolicyLoadResult } from "./read.js";
 
 /** Old-generation heap of one parse: a valid 1 MiB policy fits (6,337 tenants needed more than 64 MB). */
 export const PARSE_MEMORY_MB = 96;
@@ -61,6 +56,53 @@ export async function parsePolicyIsolated(
   return { ok: true, policy: policyFromFile(checked.file, sourceName, digest), digest };
 }
 
+function startParser(memoryMb: number): Worker {
+  const { script, eval: isCode } = workerScript();
+  return new Worker(script, {
+    eval: isCode,
+    resourceLimits: { maxOldGenerationSizeMb: memoryMb, maxYoungGenerationSizeMb: 8 },
+  });
+}
+
+/** A parser started ahead of its first text (see `prewarmPolicyParser`); used once. */
+let spare: { worker: Worker; memoryMb: number; ready: () => boolean } | undefined;
+
+/**
+ * Starts the parse worker now, so that it loads the YAML parser and the schema on another core while
+ * the main thread is still loading the gateway; the next `validateIsolated` with the same memory bound
+ * takes it instead of starting one (`keygate serve`'s start-up, docs/decisions/deploy.md). A spare
+ * nobody takes does not keep the process alive.
+ */
+export function prewarmPolicyParser(memoryMb = PARSE_MEMORY_MB): void {
+  if (spare) return;
+  let worker: Worker;
+  try {
+    worker = startParser(memoryMb);
+  } catch {
+    return; // validateIsolated starts one and reports the problem
+  }
+  let isReady = false;
+  const entry = { worker, memoryMb, ready: () => isReady };
+  worker.on("message", (m: unknown) => {
+    if (m === "ready") isReady = true;
+  });
+  const drop = () => {
+    if (spare === entry) spare = undefined;
+  };
+  worker.once("error", drop);
+  worker.once("exit", drop);
+  worker.unref();
+  spare = entry;
+}
+
+function takeSpare(memoryMb: number): { worker: Worker; ready: () => boolean } | undefined {
+  const taken = spare;
+  if (!taken || taken.memoryMb !== memoryMb) return undefined;
+  spare = undefined;
+  taken.worker.ref();
+  return taken;
+}
+
 export function validateIsolated(
   text: string,
   options: IsolatedParseOptions = {},
@@ -73,12 +115,9 @@ export function validateIsolated(
 
   return new Promise<PolicyValidation>((resolve) => {
     let worker: Worker;
+    const prewarmed = takeSpare(memoryMb);
     try {
-      const { script, eval: isCode } = workerScript();
-      worker = new Worker(script, {
-        eval: isCode,
-        resourceLimits: { maxOldGenerationSizeMb: memoryMb, maxYoungGenerationSizeMb: 8 },
-      });
+      worker = prewarmed?.worker ?? startParser(memoryMb);
     } catch (e) {
       resolve(refused(`(file): cannot start the policy parser: ${(e as Error).message}`));
       return;
@@ -100,18 +139,19 @@ export function validateIsolated(
       resolve(answer);
     }
 
+    const send = () => {
+      clearTimeout(timer);
+      timer = setTimeout(
+        () => finish(refused(`(file): policy file too complex: parsing exceeded ${timeoutMs / 1000} s`)),
+        timeoutMs,
+      );
+      worker.postMessage(text);
+    };
     worker.on("message", (m: unknown) => {
-      if (m === "ready") {
-        clearTimeout(timer);
-        timer = setTimeout(
-          () => finish(refused(`(file): policy file too complex: parsing exceeded ${timeoutMs / 1000} s`)),
-          timeoutMs,
-        );
-        worker.postMessage(text);
-        return;
-      }
+      if (m === "ready") return send();
       finish(m as PolicyValidation);
     });
+    if (prewarmed?.ready()) send();
     worker.on("error", (e: Error & { code?: string }) => {
       if (e.code === "ERR_WORKER_OUT_OF_MEMORY") {
         finish(refused(`(file): policy file too complex: parsing exceeded ${memoryMb} MB`));

@@ -12,7 +12,7 @@ import { watch, type FSWatcher } from "node:fs";
 import { setTimeout as sleep } from "node:timers/promises";
 import { dirname } from "node:path";
 import { parsePolicyIsolated } from "./isolated.js";
-import { parsePolicy, readPolicyFile, type PolicyReadResult } from "./load.js";
+import { readPolicyFile, type PolicyReadResult } from "./read.js";
 import type { Policy } from "./policy.js";
 
 /** What request handling needs: the policy in force right now. */
@@ -261,14 +261,16 @@ export function createStaticPolicySource(text: string, sourceName: string): Mana
   let policy: Policy | undefined;
   let lastErrors: readonly string[] = [];
   return {
-    start() {
+    async start() {
+      // Parsed here, on this thread: the text is the program's own (`keygate dev`, tests).
+      const { parsePolicy } = await import("./load.js");
       const result = parsePolicy(text, sourceName);
       if (!result.ok) {
         lastErrors = Object.freeze([...result.errors]);
-        return Promise.resolve({ ok: false, errors: result.errors });
+        return { ok: false, errors: result.errors };
       }
       policy = result.policy;
-      return Promise.resolve({ ok: true, policy });
+      return { ok: true, policy };
     },
     current() {
       if (!policy) throw new Error("policy source not started");

@@ -138,7 +138,7 @@ export function spawnChild(command: string, args: string[], env: Record<string, 
   return child;
 }
 
-/** `keygate ARGS` through the TypeScript entry point, as `npm start` runs it. */
+/** `keygate ARGS` through the TypeScript entry point (tsx, as in development; the bin runs dist/). */
 export function spawnKeygate(args: string[], env: Record<string, string>): Child {
   return spawnChild(process.execPath, ["--import", "tsx", "src/cli/main.ts", ...args], env);
 }
