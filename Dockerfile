@@ -43,7 +43,9 @@ LABEL org.opencontainers.image.title="keygate" \
       org.opencontainers.image.revision="${REVISION}" \
       org.opencontainers.image.source="${SOURCE}" \
       org.opencontainers.image.licenses="Apache-2.0"
-ENV NODE_ENV=production
+# The revision reaches `keygate --version` and the keygate_build_info metric.
+ENV NODE_ENV=production \
+    KEYGATE_BUILD_REVISION=${REVISION}
 WORKDIR /app
 # npm, npx and corepack are not needed to run keygate; leave less to exploit.
 RUN rm -rf /usr/local/lib/node_modules/npm /usr/local/lib/node_modules/corepack \
