@@ -331,12 +331,16 @@ export function createAssociateService(opts: AssociateServiceOptions) {
           return orLast(err);
         });
       entry.limiterWaitMs += grant.waitedMs;
-      if (grant.sendBy !== undefined && clock.now() > grant.sendBy) continue;
+      if (grant.sendBy !== undefined && clock.now() > grant.sendBy) {
+        grant.notSent?.(clock.now());
+        continue;
+      }
       const sentAt = clock.now();
       entry.attempts += 1;
       try {
         crashPoint("before-send");
-        const { requestId } = await upstream.associateInstancesKeyPairs(input, call);
+        // The adapter checks the grant once more at the socket (SEND_TOO_LATE: nothing was sent).
+        const { requestId } = await upstream.associateInstancesKeyPairs(input, { ...call, grant });
         crashPoint("after-send");
         hooks.upstreamCall?.("AssociateInstancesKeyPairs", "OK", (clock.now() - sentAt) / 1000);
         // Not recorded = a peer took over; it reconciles and finds this call applied.
@@ -344,6 +348,11 @@ export function createAssociateService(opts: AssociateServiceOptions) {
         return { requestId };
       } catch (err) {
         const e = asKeygateError(err, call);
+        if (e.reason === "SEND_TOO_LATE") {
+          // Not sent, so not an attempt: take a new grant.
+          entry.attempts -= 1;
+          continue;
+        }
         hooks.upstreamCall?.(
           "AssociateInstancesKeyPairs",
           e.upstreamCode ?? e.reason,

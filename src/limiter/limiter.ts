@@ -19,6 +19,16 @@ export interface LimiterHooks {
    */
   onWastedGrant?(bucket: string, reason: "late" | "no_waiter" | "cancelled"): void;
   onStoreError?(bucket: string, error: unknown): void;
+  /**
+   * A granted request left `lateMs` after its slot (the limiter moved the shared window by that
+   * much), or was not sent at all because it would have left after `sendBy` ("not_sent").
+   */
+  onLateSend?(bucket: string, outcome: "shifted" | "not_sent", lateMs: number): void;
+}
+
+/** The margin in force, when it follows the path (see margin.ts); never below `marginMs`. */
+export interface MarginSource {
+  current(): number;
 }
 
 export interface LimiterOptions {
@@ -26,6 +36,13 @@ export interface LimiterOptions {
   clock?: Clock;
   /** Added to the bucket's window; absorbs grant-to-arrival jitter. Default 40 ms (see docs/decisions/limiter.md). */
   marginMs?: number;
+  /** Widens the margin while the path to the cloud is jittery (never narrows it below `marginMs`). */
+  margin?: MarginSource;
+  /**
+   * A request that left more than this many ms after its slot moves the shared window by its
+   * lateness (`WindowStore.shift`). Default 1 ms: sub-ms lateness is left to the margin.
+   */
+  shiftAfterMs?: number;
   /**
    * A grant is good only if the request is sent within this many ms of its slot, where the slot
    * is converted to local time from the moment the store was asked (before the Redis call), so
@@ -60,6 +77,10 @@ export interface LimiterOptions {
 export interface LimiterGrant extends Grant {
   /** Epoch ms on the limiter's clock. Later than this, do not send: acquire again. */
   sendBy: number;
+  plannedAt: number;
+  sent(at: number): void;
+  /** Tells the limiter the grant was not sent because it would have left too late. */
+  notSent(at: number): void;
 }
 
 export interface Limiter extends RateLimiter {
@@ -95,6 +116,10 @@ interface Booking {
   at: number;
   /** Latest local send time: the slot converted early (before the store was asked) + sendWithinMs. */
   sendBy: number;
+  /** The slot converted early: the earliest local time it can be; lateness counts from here. */
+  earliest: number;
+  /** The slot on the store's clock, when the store said (what `WindowStore.shift` moves). */
+  slot: number | undefined;
   dropped: boolean;
 }
 
@@ -124,7 +149,9 @@ interface BucketState {
 export function createLimiter(options: LimiterOptions): Limiter {
   const clock = options.clock ?? systemClock;
   const store = options.store;
-  const marginMs = options.marginMs ?? 40;
+  const marginFloorMs = options.marginMs ?? 40;
+  const marginMs = () => Math.max(marginFloorMs, options.margin?.current() ?? 0);
+  const shiftAfterMs = Math.max(0, options.shiftAfterMs ?? 1);
   const sendWithinMs = options.sendWithinMs ?? 15;
   const bookAheadMs = Math.max(0, options.bookAheadMs ?? DEFAULT_BOOK_AHEAD_MS);
   const booking = { horizonMs: bookAheadMs, gapMs: Math.max(0, options.slotGapMs ?? 0) };
@@ -148,7 +175,7 @@ export function createLimiter(options: LimiterOptions): Limiter {
   const stateOf = (spec: BucketSpec): BucketState => {
     let b = buckets.get(spec.key);
     if (!b) {
-      const span = spanOf(spec.windowMs, marginMs);
+      const span = spanOf(spec.windowMs, marginMs());
       b = {
         spec,
         queue: createFairQueue<Waiter>(),
@@ -229,10 +256,39 @@ export function createLimiter(options: LimiterOptions): Limiter {
         w.cleanup();
         const waitedMs = now - w.enqueuedAt;
         safe(() => hooks.onGrant?.(b.spec.key, w.tenant, waitedMs));
-        w.resolve({ waitedMs, sendBy: k.sendBy });
+        w.resolve(grantOf(b, k, waitedMs));
       }
     }
     settle(b);
+  };
+
+  /** The grant handed to a caller: its slot, its send-by time and where it reports its departure. */
+  const grantOf = (b: BucketState, k: Booking, waitedMs: number): LimiterGrant => {
+    let reported = false;
+    return {
+      waitedMs,
+      sendBy: k.sendBy,
+      plannedAt: k.at,
+      sent(at: number) {
+        if (reported) return;
+        reported = true;
+        const lateMs = Math.ceil(at - k.earliest);
+        if (lateMs <= shiftAfterMs) return;
+        safe(() => hooks.onLateSend?.(b.spec.key, "shifted", lateMs));
+        // The request left later than its slot: move the slot to when it left, so the 10th call
+        // after it is booked a full span after the departure (docs/decisions/limiter.md).
+        if (k.slot === undefined || !store.shift) return;
+        store.shift(b.spec, k.slot, lateMs).catch((err: unknown) => {
+          safe(() => hooks.onStoreError?.(b.spec.key, err));
+        });
+      },
+      notSent(at: number) {
+        if (reported) return;
+        reported = true;
+        safe(() => hooks.onLateSend?.(b.spec.key, "not_sent", Math.max(0, at - k.earliest)));
+        safe(() => hooks.onWastedGrant?.(b.spec.key, "late"));
+      },
+    };
   };
 
   const book = (b: BucketState, k: Booking) => {
@@ -251,8 +307,8 @@ export function createLimiter(options: LimiterOptions): Limiter {
   const dispatch = async (b: BucketState): Promise<void> => {
     b.running = true;
     try {
-      const span = spanOf(b.spec.windowMs, marginMs);
       while (b.queue.size > b.bookings.length && !closing.signal.aborted) {
+        const span = spanOf(b.spec.windowMs, marginMs());
         const asked = clock.now();
         let d;
         try {
@@ -289,7 +345,13 @@ export function createLimiter(options: LimiterOptions): Limiter {
         // that. Sending from now + delay is never before the slot; sending by asked + delay +
         // sendWithinMs is never more than sendWithinMs after it.
         const delay = Math.max(0, d.delayMs ?? 0);
-        const k: Booking = { at: now + delay, sendBy: asked + delay + sendWithinMs, dropped: false };
+        const k: Booking = {
+          at: now + delay,
+          sendBy: asked + delay + sendWithinMs,
+          earliest: asked + delay,
+          slot: d.slot,
+          dropped: false,
+        };
         b.free = d.remaining;
         b.nextAt = k.at;
         if (k.at > k.sendBy) {
