@@ -42,6 +42,8 @@ export interface AppOptions {
   policyText?: { text: string; source: string } | undefined;
   /** Registers default process metrics (off in tests that start several apps in one process). */
   defaultMetrics?: boolean;
+  /** Longest `start()` waits for the warm-up before it returns (readiness stays NOT_SERVING until warm). Default 10 s. */
+  warmWaitMs?: number;
 }
 
 export async function createApp(opts: AppOptions) {
@@ -245,7 +247,10 @@ export async function createApp(opts: AppOptions) {
       const waited = new AbortController();
       const onStop = () => waited.abort();
       warming.signal.addEventListener("abort", onStop, { once: true });
-      await Promise.race([warm, clock.sleep(WARM_WAIT_MS, waited.signal).catch(() => undefined)]);
+      await Promise.race([
+        warm,
+        clock.sleep(opts.warmWaitMs ?? WARM_WAIT_MS, waited.signal).catch(() => undefined),
+      ]);
       waited.abort();
       warming.signal.removeEventListener("abort", onStop);
       return { api: apiAddress, metrics: metricsAddress };

@@ -40,12 +40,12 @@ function stallLoop(ms: number): void {
   }
 }
 
-/** The emulator's credential; with `stallNext` set, the next hand-out first stalls the loop 60 ms. */
+/** The emulator's credential; with `stallNext` set, the next hand-out first stalls the loop 150 ms. */
 function stallingCredential() {
   const c = {
     stallNext: false,
     getCredential: () => {
-      if (c.stallNext) stallLoop(60);
+      if (c.stallNext) stallLoop(150);
       c.stallNext = false;
       return Promise.resolve({ secretId: EMULATOR_SECRET_ID, secretKey: EMULATOR_SECRET_KEY });
     },

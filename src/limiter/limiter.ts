@@ -46,7 +46,7 @@ export interface LimiterOptions {
   /**
    * A grant is good only if the request is sent within this many ms of its slot, where the slot
    * is converted to local time from the moment the store was asked (before the Redis call), so
-   * the Redis round trip counts against it. Default 15 ms.
+   * the Redis round trip counts against it. Default `DEFAULT_SEND_WITHIN_MS` (100 ms).
    */
   sendWithinMs?: number;
   /**
@@ -95,6 +95,15 @@ export interface Limiter extends RateLimiter {
 }
 
 const MAX_TIMER_MS = 2_147_483_647;
+
+/**
+ * Default `sendWithinMs`. The last check is at the socket and a departure later than the slot
+ * moves the shared window by its lateness, so lateness no longer eats the margin; the bound only
+ * has to keep that move ahead of the bookings it affects (they come a span minus the horizon
+ * after the slot) and make a late send cheaper than a wasted slot (about 100 ms at 10/s).
+ * See docs/decisions/limiter.md ("The last check is at the socket").
+ */
+export const DEFAULT_SEND_WITHIN_MS = 100;
 
 /** Default booking horizon (`LimiterOptions.bookAheadMs`). */
 export const DEFAULT_BOOK_AHEAD_MS = 80;
@@ -152,7 +161,7 @@ export function createLimiter(options: LimiterOptions): Limiter {
   const marginFloorMs = options.marginMs ?? 40;
   const marginMs = () => Math.max(marginFloorMs, options.margin?.current() ?? 0);
   const shiftAfterMs = Math.max(0, options.shiftAfterMs ?? 1);
-  const sendWithinMs = options.sendWithinMs ?? 15;
+  const sendWithinMs = options.sendWithinMs ?? DEFAULT_SEND_WITHIN_MS;
   const bookAheadMs = Math.max(0, options.bookAheadMs ?? DEFAULT_BOOK_AHEAD_MS);
   const booking = { horizonMs: bookAheadMs, gapMs: Math.max(0, options.slotGapMs ?? 0) };
   const maxWaitMs = options.maxWaitMs ?? 10_000;
