@@ -8,6 +8,7 @@ import type { BucketSpec } from "../src/core/ports.js";
 import { createLimiter, type LimiterGrant, type LimiterHooks } from "../src/limiter/limiter.js";
 import { createAdaptiveMargin } from "../src/limiter/margin.js";
 import { createMemoryWindowStore } from "../src/limiter/memory-window-store.js";
+import { createStoreClock } from "../src/limiter/store-clock.js";
 import { decide, record, shiftSlot } from "../src/limiter/window.js";
 import { FakeClock } from "./support/fake-clock.js";
 
@@ -164,9 +165,31 @@ describe("the margin follows the path", () => {
     const all = Array.from({ length: 11 }, () =>
       limiter.acquire({ bucket, tenant: "t", weight: 1, signal: never }).then(() => at.push(clock.now())),
     );
+    await clock.advance(0); // the first ten go at once, before time moves
     for (let i = 0; i < 40 && at.length < 11; i++) await clock.advance(50);
     await Promise.all(all);
     expect(at[10]! - at[0]!).toBe(1100);
     await limiter.close();
+  });
+});
+
+describe("the store's clock against ours", () => {
+  it("the tightest recent round trips bound the offset; a slow reply does not widen them", () => {
+    const c = createStoreClock();
+    // True offset +500: the store read its clock 1 ms into a 2 ms round trip.
+    expect(c.observe(1_000, 1_002, 1_501)).toEqual({ lower: 499, upper: 501 });
+    // A 40 ms round trip alone would allow 460..501; the earlier fast one keeps 499..501.
+    expect(c.observe(2_000, 2_040, 2_520)).toEqual({ lower: 499, upper: 501 });
+    // A faster one narrows further.
+    expect(c.observe(3_000, 3_000, 3_500)).toEqual({ lower: 500, upper: 500 });
+  });
+
+  it("a local clock step larger than a round trip drops the old samples at once; old ones expire", () => {
+    const c = createStoreClock({ keepMs: 10_000 });
+    c.observe(1_000, 1_001, 1_500);
+    // Our clock stepped back by 300 ms: the store now reads 800 ahead; the old bounds contradict.
+    expect(c.observe(1_200, 1_203, 2_001)).toEqual({ lower: 798, upper: 801 });
+    // Samples older than keepMs are forgotten: only the newest round trip's bounds remain.
+    expect(c.observe(20_000, 20_010, 20_805)).toEqual({ lower: 795, upper: 805 });
   });
 });

@@ -2,6 +2,7 @@ import { type Clock, systemClock } from "../core/clock.js";
 import { keygateError, type KeygateError } from "../core/errors.js";
 import type { AcquireRequest, BucketSpec, Grant, RateLimiter } from "../core/ports.js";
 import { createFairQueue, type FairEntry, type FairQueue } from "./fair-queue.js";
+import { createStoreClock } from "./store-clock.js";
 import { spanOf } from "./window.js";
 import type { WindowStore } from "./window-store.js";
 
@@ -170,6 +171,7 @@ export function createLimiter(options: LimiterOptions): Limiter {
   const random = options.random ?? Math.random;
   const hooks = options.hooks ?? {};
   const buckets = new Map<string, BucketState>();
+  const storeClock = createStoreClock();
   const closing = new AbortController();
   const closedBuckets = new Set<string>();
 
@@ -339,6 +341,7 @@ export function createLimiter(options: LimiterOptions): Limiter {
         }
         const now = clock.now();
         if (!d.granted) {
+          if (d.storeNow !== undefined) storeClock.observe(asked, now, d.storeNow);
           // The store's wait counts from its decision, somewhere within the round trip: take the middle.
           const waitMs = Math.max(0, d.waitMs - (now - asked) / 2);
           b.free = 0;
@@ -352,12 +355,20 @@ export function createLimiter(options: LimiterOptions): Limiter {
         }
         // The store decided somewhere within the round trip [asked, now]: the slot is `delay` after
         // that. Sending from now + delay is never before the slot; sending by asked + delay +
-        // sendWithinMs is never more than sendWithinMs after it.
+        // sendWithinMs is never more than sendWithinMs after it. When the store tells its clock,
+        // the tightest recent round trips narrow both ends (store-clock.ts).
         const delay = Math.max(0, d.delayMs ?? 0);
+        let at = now + delay;
+        let earliest = asked + delay;
+        if (d.slot !== undefined && d.storeNow !== undefined) {
+          const offset = storeClock.observe(asked, now, d.storeNow);
+          at = Math.min(at, d.slot - offset.lower);
+          earliest = Math.max(earliest, d.slot - offset.upper);
+        }
         const k: Booking = {
-          at: now + delay,
-          sendBy: asked + delay + sendWithinMs,
-          earliest: asked + delay,
+          at,
+          sendBy: earliest + sendWithinMs,
+          earliest,
           slot: d.slot,
           dropped: false,
         };

@@ -56,9 +56,15 @@ export function createMemoryWindowStore(options: {
       if (buckets.size > 64) sweep(now, spanMs + horizonMs);
       const b = bucketFor(bucket);
       const d = decide(b.log, now, bucket.limit, spanMs, horizonMs, b.penaltyUntil, booking.gapMs ?? 0);
-      if (!d.granted) return Promise.resolve(d);
+      if (!d.granted) return Promise.resolve({ ...d, storeNow: now });
       record(b.log, d.at, bucket.limit);
-      return Promise.resolve({ granted: true, remaining: d.remaining, delayMs: d.delayMs, slot: d.at });
+      return Promise.resolve({
+        granted: true,
+        remaining: d.remaining,
+        delayMs: d.delayMs,
+        slot: d.at,
+        storeNow: now,
+      });
     },
     penalize(bucket: BucketSpec, ms: number): Promise<void> {
       const until = clock.now() + Math.max(0, ms);

@@ -82,15 +82,18 @@ export function createRedisWindowStore(options: RedisWindowStoreOptions): Window
       );
       if (!Array.isArray(reply) || reply.length < 2)
         throw new Error("unexpected reply from acquire-window script");
-      const [granted, n, now, delay] = reply as [number, number, number, number | undefined];
+      const [granted, n, now, fourth, fifth] = reply as [number, number, number, number?, number?];
+      const delay = granted === 1 ? fourth : undefined;
+      const time = Number(granted === 1 ? (fifth ?? now) : (fourth ?? now));
       return granted === 1
         ? {
             granted: true,
             remaining: Number(n),
             delayMs: Number(delay ?? 0),
             slot: Number(now) + Number(delay ?? 0),
+            storeNow: time,
           }
-        : { granted: false, waitMs: Number(n) };
+        : { granted: false, waitMs: Number(n), storeNow: time };
     },
     async penalize(bucket: BucketSpec, ms: number): Promise<void> {
       const k = bucketKeys(prefix, bucket.key);

@@ -12,8 +12,10 @@ export type StoreDecision =
       delayMs?: number;
       /** The booked slot on the store's own clock (what `shift` names). */
       slot?: number;
+      /** The store's clock when it decided (with `slot`: how far its clock is from ours, see store-clock.ts). */
+      storeNow?: number;
     }
-  | { granted: false; waitMs: number };
+  | { granted: false; waitMs: number; storeNow?: number };
 
 /** How slots are booked; see `decide` in window.ts. */
 export interface BookingOptions {
