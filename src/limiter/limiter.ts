@@ -45,9 +45,9 @@ export interface LimiterOptions {
    */
   shiftAfterMs?: number;
   /**
-   * A grant is good only if the request is sent within this many ms of its slot, where the slot
-   * is converted to local time from the moment the store was asked (before the Redis call), so
-   * the Redis round trip counts against it. Default `DEFAULT_SEND_WITHIN_MS` (100 ms).
+   * A grant is good only if the request is sent within this many ms of its slot, counted from
+   * the earliest local time the slot can be (store-clock.ts bounds the store's clock against
+   * ours). Default `DEFAULT_SEND_WITHIN_MS` (100 ms).
    */
   sendWithinMs?: number;
   /**
@@ -124,7 +124,7 @@ interface Waiter {
 interface Booking {
   /** Local time of the slot, converted late (after the store's answer): never before it. */
   at: number;
-  /** Latest local send time: the slot converted early (before the store was asked) + sendWithinMs. */
+  /** Latest local send time: `earliest` + sendWithinMs. */
   sendBy: number;
   /** The slot converted early: the earliest local time it can be; lateness counts from here. */
   earliest: number;
