@@ -304,6 +304,8 @@ const WARM_WAIT_MS = 10_000;
 /** A well-formed id that names no instance: the cloud answers an empty set, cheaply. */
 const WARM_INSTANCE_ID = "ins-00000000";
 const WARM_REGION = "ap-guangzhou";
+/** Warm-up calls: the first must be answered; the rest seed the adaptive margin (margin.ts). */
+const WARM_ROUND_TRIPS = 5;
 
 /**
  * Ready means warm (docs/decisions/limiter.md, "Ready means warm"): one DescribeInstances through
@@ -321,6 +323,12 @@ async function warmUp(
   for (let attempt = 0; !signal.aborted; attempt++) {
     try {
       await describe(WARM_REGION, [WARM_INSTANCE_ID], { signal, deadline: clock.now() + 10_000 });
+      // A few more round trips (best effort) so the adaptive margin starts from this path's jitter.
+      for (let i = 1; i < WARM_ROUND_TRIPS && !signal.aborted; i++) {
+        await describe(WARM_REGION, [WARM_INSTANCE_ID], { signal, deadline: clock.now() + 2_000 }).catch(
+          () => undefined,
+        );
+      }
       return true;
     } catch (err) {
       if (isKeygateError(err) && err.upstreamCode !== undefined) return true;

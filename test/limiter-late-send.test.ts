@@ -130,7 +130,7 @@ describe("the limiter hears when a grant left", () => {
 
 describe("the margin follows the path", () => {
   it("the floor until enough round trips are seen, and while they are steady", () => {
-    const m = createAdaptiveMargin({ floorMs: 40 });
+    const m = createAdaptiveMargin({ floorMs: 40, minSamples: 20 });
     for (let i = 0; i < 19; i++) m.observe(i % 2 === 0 ? 20 : 400);
     expect(m.current()).toBe(40);
     const steady = createAdaptiveMargin({ floorMs: 40 });

@@ -17,7 +17,10 @@ export interface AdaptiveMarginOptions {
   floorMs: number;
   /** Round trips remembered (the newest). Default 200 (20 s at the full associate rate). */
   samples?: number;
-  /** Fewer observations than this: the floor alone. Default 20. */
+  /**
+   * Fewer observations than this: the floor alone. Default 5, so that a fresh replica (whose
+   * warm-up measures a few round trips) follows a jittery path from its first granted calls.
+   */
   minSamples?: number;
   /** Never wider than this. Default 300 ms (about 23% of the rate). */
   maxMs?: number;
@@ -33,7 +36,7 @@ function percentileOf(sorted: readonly number[], p: number): number {
 export function createAdaptiveMargin(options: AdaptiveMarginOptions): AdaptiveMargin {
   const floor = Math.max(0, options.floorMs);
   const size = Math.max(1, Math.floor(options.samples ?? 200));
-  const minSamples = Math.max(2, Math.floor(options.minSamples ?? 20));
+  const minSamples = Math.max(2, Math.floor(options.minSamples ?? 5));
   const max = Math.max(floor, options.maxMs ?? 300);
   const ring: number[] = [];
   let next = 0;
