@@ -229,7 +229,14 @@ export async function createApp(opts: AppOptions) {
     metrics,
     policy: policySource,
     limiter,
-    async start(): Promise<{ api: AddressInfo; metrics: AddressInfo }> {
+    /**
+     * Listens, then waits for the warm-up (see `warmUp`). `onListening` runs as soon as both ports
+     * listen, before that wait: the CLI installs its signal handlers there, so a SIGTERM during
+     * the warm-up drains as usual.
+     */
+    async start(
+      startOpts: { onListening?: () => void } = {},
+    ): Promise<{ api: AddressInfo; metrics: AddressInfo }> {
       apiAddress = await api.listen();
       metricsAddress = await metricsServer.listen();
       logger.info(
@@ -239,6 +246,7 @@ export async function createApp(opts: AppOptions) {
         },
         "keygate listening",
       );
+      startOpts.onListening?.();
       // Readiness waits for the warm-up; start() returns once warm (or after WARM_WAIT_MS, while
       // the warm-up keeps trying in the background and readiness stays NOT_SERVING).
       warm ??= warmUp(describe, clock, warming.signal, logger).then((ok) => {
