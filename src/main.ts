@@ -239,13 +239,7 @@ export async function createApp(opts: AppOptions) {
     ): Promise<{ api: AddressInfo; metrics: AddressInfo }> {
       apiAddress = await api.listen();
       metricsAddress = await metricsServer.listen();
-      logger.info(
-        {
-          api: `${apiAddress.address}:${apiAddress.port}`,
-          metrics: `${metricsAddress.address}:${metricsAddress.port}`,
-        },
-        "keygate listening",
-      );
+
       startOpts.onListening?.();
       // Readiness waits for the warm-up; start() returns once warm (or after WARM_WAIT_MS, while
       // the warm-up keeps trying in the background and readiness stays NOT_SERVING).
@@ -261,6 +255,15 @@ export async function createApp(opts: AppOptions) {
       ]);
       waited.abort();
       warming.signal.removeEventListener("abort", onStop);
+      // Logged once warm (or once the wait is over): what scripts and tests wait for.
+      logger.info(
+        {
+          api: `${apiAddress.address}:${apiAddress.port}`,
+          metrics: `${metricsAddress.address}:${metricsAddress.port}`,
+          ready: health.isServing(),
+        },
+        "keygate listening",
+      );
       return { api: apiAddress, metrics: metricsAddress };
     },
     /**
