@@ -6,8 +6,16 @@
  * Redis clustering (N limiter instances, as N replicas would have). Everything is counted at the
  * emulator, by arrival time. Loopback only; every loop is bounded.
  *
- * Run: npm run bench:limit [-- seconds]   (default 8 s of load per row)
+ * Run: npm run bench:limit [-- seconds [replicas,…]]   (default 20 s of load per row)
+ *
+ * Hostile rows (issue 14): npm run bench:limit -- 12 hostile — keygate only, each row with fresh replicas:
+ * quiet (3), 8 replicas, 3 replicas while two CPU-bound processes compete for the cores, and a rolling
+ * restart under load (every few seconds one replica leaves the rotation, is stopped with SIGTERM and a
+ * fresh one joins once its readiness is SERVING). Each row prints the most calls in any sliding 1000 ms
+ * at the emulator, the sustained rate, wasted and late grants, and the smallest gap between a call and
+ * the 10th after it (1000 ms + the margin left).
  */
+import { spawn } from "node:child_process";
 import { setMaxListeners } from "node:events";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { cpus, tmpdir } from "node:os";
@@ -51,7 +59,8 @@ const CALLERS = 40;
 const INSTANCES = 400;
 /** Direct SDK callers do not wait: cap their calls so the arrival log stays a sane size. */
 const MAX_CALLS = 30_000;
-const REPLICAS = process.argv[3] ? process.argv[3].split(",").map(Number) : [1, 3, 8];
+const HOSTILE = process.argv[3] === "hostile";
+const REPLICAS = process.argv[3] && !HOSTILE ? process.argv[3].split(",").map(Number) : [1, 3, 8];
 
 const never = new AbortController().signal;
 setMaxListeners(0, never);
@@ -77,6 +86,10 @@ interface Row {
   granted?: number;
   /** keygate only: booked slots nobody sent on, by reason (`keygate_limiter_wasted_grants_total`). */
   wasted?: Record<string, number>;
+  /** keygate only: grants that left after their slot (shifted) or were not sent (`keygate_late_sends_total`). */
+  late?: Record<string, number>;
+  /** Smallest distance between an arrival and the 10th after it (ms). */
+  tenthGap: number;
 }
 
 const dir = mkdtempSync(join(tmpdir(), "keygate-bench-limit-"));
@@ -96,6 +109,7 @@ async function measure(
   load: LoadResult,
   granted?: number,
   wasted?: Record<string, number>,
+  late?: Record<string, number>,
 ): Promise<Row> {
   const admin = emulatorAdmin(emulator!.url);
   const associates = (await admin.arrivals()).filter((a) => a.action === ASSOCIATE);
@@ -116,9 +130,13 @@ async function measure(
     limitExceeded: associates.filter((a) => a.outcome.startsWith("RequestLimitExceeded")).length,
     ...(granted !== undefined ? { granted } : {}),
     ...(wasted !== undefined ? { wasted } : {}),
+    ...(late !== undefined ? { late } : {}),
+    tenthGap: NaN,
   };
   const sorted = [...okTimes].sort((a, b) => a - b);
   const rounds = sorted.slice(10).map((t, i) => t - sorted[i]!);
+  const all = associates.map((a) => a.at).sort((a, b) => a - b);
+  row.tenthGap = Math.min(...all.slice(10).map((t, i) => t - all[i]!));
   rows.push(row);
   console.log(
     `${mode.padEnd(22)} N=${replicas} arrivals=${row.arrivals} ok=${row.ok} maxIn1000ms=${row.maxIn1000} ` +
@@ -127,6 +145,8 @@ async function measure(
       `p50=${percentile(load.latencies, 50)}ms p99=${percentile(load.latencies, 99)}ms` +
       (granted !== undefined ? ` tokensGranted=${granted}` : "") +
       (wasted !== undefined ? ` wastedSlots=${JSON.stringify(wasted)}` : "") +
+      (late !== undefined ? ` lateSends=${JSON.stringify(late)}` : "") +
+      ` smallest call-to-10th-after=${row.tenthGap}ms` +
       ` 11-arrival spans p1/p50/p99=${percentile(rounds, 1)}/${percentile(rounds, 50)}/${percentile(rounds, 99)}ms`,
   );
   // Let the emulator's cloud tasks end before the next row, then start it from a clean log.
@@ -180,9 +200,124 @@ async function keygateRow(n: number): Promise<void> {
     );
     wasted[reason] = counts.reduce((s, x) => s + x, 0);
   }
+  const late: Record<string, number> = {};
+  for (const outcome of ["shifted", "not_sent"]) {
+    const counts = await Promise.all(
+      gateways.map((g) =>
+        scrapeCounter(g, "keygate_late_sends_total", `action="${ASSOCIATE}",outcome="${outcome}"`),
+      ),
+    );
+    late[outcome] = counts.reduce((s, x) => s + x, 0);
+  }
   await Promise.all(gateways.map((g) => g.stop()));
   gateways = [];
-  await measure("keygate", n, load, granted, wasted);
+  await measure("keygate", n, load, granted, wasted, late);
+}
+
+const gatewayEnv = () => ({
+  KEYGATE_REDIS_URL: redis.url,
+  KEYGATE_UPSTREAM_URL: emulator!.url,
+  KEYGATE_POLICY_FILE: policyFile,
+  TENCENTCLOUD_SECRET_ID: EMULATOR_SECRET_ID,
+  TENCENTCLOUD_SECRET_KEY: EMULATOR_SECRET_KEY,
+  KEYGATE_DRAIN_MS: "3000",
+});
+
+interface LimiterCounts {
+  granted: number;
+  wasted: Record<string, number>;
+  late: Record<string, number>;
+}
+
+/** A gateway's limiter counters, added into `into` (scraped before it stops). */
+async function scrapeLimiter(g: Child, into: LimiterCounts): Promise<void> {
+  into.granted += await scrapeCounter(g, "keygate_limiter_tokens_granted_total", ASSOCIATE);
+  for (const reason of ["late", "no_waiter", "cancelled"]) {
+    const labels = `action="${ASSOCIATE}",reason="${reason}"`;
+    into.wasted[reason] =
+      (into.wasted[reason] ?? 0) + (await scrapeCounter(g, "keygate_limiter_wasted_grants_total", labels));
+  }
+  for (const outcome of ["shifted", "not_sent"]) {
+    const labels = `action="${ASSOCIATE}",outcome="${outcome}"`;
+    into.late[outcome] =
+      (into.late[outcome] ?? 0) + (await scrapeCounter(g, "keygate_late_sends_total", labels));
+  }
+}
+
+/** `node -e 'for(;;){}'`: a CPU-bound process competing for the cores, killed by its own PID. */
+function startBurner(): { stop(): Promise<void> } {
+  const child = spawn(process.execPath, ["-e", "for(;;){}"], { stdio: "ignore" });
+  const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
+  return {
+    async stop() {
+      if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
+      await exited;
+    },
+  };
+}
+
+/**
+ * One hostile keygate row: `n` fresh replicas; `burners` CPU-bound processes running from before the
+ * replicas start until the row ends; `rollEveryMs` > 0 = a rolling restart under load.
+ */
+async function hostileRow(label: string, n: number, burners: number, rollEveryMs = 0): Promise<void> {
+  const burn = Array.from({ length: burners }, startBurner);
+  const counts: LimiterCounts = { granted: 0, wasted: {}, late: {} };
+  const join = (g: Child) => ({
+    g,
+    client: createClient(KeyPairService, createConnectTransport({ baseUrl: g.url, httpVersion: "2" })),
+  });
+  const live: ReturnType<typeof join>[] = [];
+  let restarts = 0;
+  try {
+    gateways = await Promise.all(Array.from({ length: n }, () => startGatewayProcess(gatewayEnv())));
+    live.push(...gateways.map(join));
+    await emulatorAdmin(emulator!.url).reset();
+    const until = Date.now() + LOAD_MS;
+    const rolling = (async () => {
+      if (rollEveryMs <= 0) return;
+      // Like a Deployment's rolling update: the oldest replica leaves the endpoints, drains on
+      // SIGTERM, and a fresh one takes traffic once its readiness says SERVING.
+      while (Date.now() + rollEveryMs < until) {
+        await new Promise((r) => setTimeout(r, rollEveryMs));
+        const old = live.shift();
+        if (!old) break;
+        const fresh = startGatewayProcess(gatewayEnv());
+        await scrapeLimiter(old.g, counts).catch(() => undefined);
+        await old.g.stop(5_000);
+        gateways = gateways.filter((g) => g !== old.g);
+        const g = await fresh;
+        gateways.push(g);
+        live.push(join(g));
+        restarts += 1;
+      }
+    })();
+    const load = await runLoad({
+      callers: CALLERS,
+      untilMs: until,
+      maxCalls: MAX_CALLS,
+      reasonOf: (e) => {
+        const c = ConnectError.from(e);
+        return c.findDetails(ErrorDetailSchema)[0]?.reason ?? `code ${c.code}`;
+      },
+      call: (caller) => {
+        const target = live[caller % Math.max(1, live.length)];
+        if (!target) return Promise.reject(new Error("no replica in rotation"));
+        return target.client.associateKeyPairs(
+          { region: "ap-guangzhou", instanceIds: [ids[nextInstance++ % ids.length]!], keyIds: [LOAD_KEY] },
+          { headers: { authorization: `Bearer ${LOAD_TOKEN}` }, timeoutMs: 30_000 },
+        );
+      },
+    });
+    await rolling;
+    for (const g of gateways) await scrapeLimiter(g, counts);
+    await Promise.all(gateways.map((g) => g.stop()));
+    gateways = [];
+    const name = rollEveryMs > 0 ? `${label} (${restarts} restarts)` : label;
+    await measure(name, n, load, counts.granted, counts.wasted, counts.late);
+  } finally {
+    await Promise.all(burn.map((b) => b.stop()));
+  }
 }
 
 const upstreams = (n: number): TencentUpstream[] =>
@@ -243,7 +378,13 @@ async function bottleneckRow(n: number, name: string, config: Bottleneck.Constru
 
 try {
   emulator = await startEmulatorProcess(inventoryFile, 50);
-  for (const n of REPLICAS) {
+  if (HOSTILE) {
+    await hostileRow("quiet", 3, 0);
+    await hostileRow("8 replicas", 8, 0);
+    await hostileRow("2 CPU-bound processes", 3, 2);
+    await hostileRow("rolling restart", 3, 0, Math.max(2_000, Math.floor(LOAD_MS / 4)));
+  }
+  for (const n of HOSTILE ? [] : REPLICAS) {
     await keygateRow(n);
     if (process.env.BENCH_ONLY_KEYGATE) continue;
     await directRow(n);
@@ -271,13 +412,18 @@ console.log(
     `${seconds} s of load per row; counted at the emulator by arrival time.\n`,
 );
 console.log(
-  "| limiter | replicas | max in any 1000 ms | OK requests/s (sustained) | RequestLimitExceeded | requests at the cloud | calls OK / failed | caller p50 / p99 |",
+  "| limiter | replicas | max in any 1000 ms | OK requests/s (sustained) | RequestLimitExceeded | requests at the cloud | wasted grants (late / no_waiter / cancelled) | late sends (shifted / not sent) | smallest call → 10th after | calls OK / failed | caller p50 / p99 |",
 );
-console.log("| --- | --- | --- | --- | --- | --- | --- | --- |");
+console.log("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
 for (const r of rows) {
   const failed = Object.values(r.load.failed).reduce((s, x) => s + x, 0);
+  const wasted = r.wasted
+    ? `${r.wasted.late ?? 0} / ${r.wasted.no_waiter ?? 0} / ${r.wasted.cancelled ?? 0}`
+    : "–";
+  const late = r.late ? `${r.late.shifted ?? 0} / ${r.late.not_sent ?? 0}` : "–";
   console.log(
     `| ${r.mode} | ${r.replicas} | ${r.maxIn1000} | ${r.okRate.toFixed(2)} | ${r.limitExceeded} | ${r.arrivals} | ` +
+      `${wasted} | ${late} | ${r.tenthGap} ms | ` +
       `${r.load.ok} / ${failed} | ${percentile(r.load.latencies, 50)} / ${percentile(r.load.latencies, 99)} ms |`,
   );
 }

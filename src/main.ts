@@ -17,6 +17,7 @@ import { armCrashPoint } from "./core/crash-point.js";
 import { neverSuspect } from "./core/ports.js";
 import { createTaskWatcher } from "./leases/task-watcher.js";
 import { DEFAULT_BOOK_AHEAD_MS } from "./limiter/limiter.js";
+import { createAdaptiveMargin } from "./limiter/margin.js";
 import { spanOf } from "./limiter/window.js";
 import { createAuditSink } from "./observability/audit.js";
 import type { Logger } from "./observability/logger.js";
@@ -29,6 +30,8 @@ import { openSharedStore } from "./store/shared-store.js";
 import { createDescribeBatcher } from "./upstream/describe-batcher.js";
 import { createMeteredDescribe } from "./upstream/metered-describe.js";
 import { cloudProxy } from "./upstream/proxy.js";
+import { type MeteredDescribe } from "./upstream/metered-describe.js";
+import { isKeygateError } from "./core/errors.js";
 import {
   createCredentialProvider,
   credentialIdentity,
@@ -43,6 +46,8 @@ export interface AppOptions {
   policyText?: { text: string; source: string } | undefined;
   /** Registers default process metrics (off in tests that start several apps in one process). */
   defaultMetrics?: boolean;
+  /** Longest `start()` waits for the warm-up before it returns (readiness stays NOT_SERVING until warm). Default 10 s. */
+  warmWaitMs?: number;
 }
 
 export async function createApp(opts: AppOptions) {
@@ -54,6 +59,8 @@ export async function createApp(opts: AppOptions) {
     revision: settings.buildRevision,
   });
   const health = createHealth();
+  // Ready means warm: not SERVING until the send path to the cloud has run once (warmUp below).
+  health.set("upstream", false);
   const owner = `${hostname()}:${process.pid}`;
   const closers: (() => Promise<unknown>)[] = [];
 
@@ -105,12 +112,15 @@ export async function createApp(opts: AppOptions) {
 
   // --- upstream ------------------------------------------------------------------------------
   const credential = createCredentialProvider(settings.credentials);
+  // The margin follows the path: widened while round trips to the cloud are jittery (margin.ts).
+  const margin = createAdaptiveMargin({ floorMs: settings.rateMarginMs });
   const upstream = createTencentUpstream({
     endpoint: settings.endpoint,
     upstreamUrl: settings.upstreamUrl,
     proxy: settings.proxy,
     credential,
     reqTimeoutMs: settings.upstreamTimeoutMs,
+    onRoundTrip: (ms) => margin.observe(ms),
   });
   closers.push(() => Promise.resolve(upstream.close()));
   const proxy = cloudProxy(settings.proxy, settings.endpoint, settings.upstreamUrl);
@@ -126,6 +136,7 @@ export async function createApp(opts: AppOptions) {
     clock,
     limiter: {
       marginMs: settings.rateMarginMs,
+      margin,
       maxWaitMs: settings.maxWaitMs,
       maxQueue: settings.maxQueue,
       hooks: limiterMetrics(metrics, buckets),
@@ -138,6 +149,7 @@ export async function createApp(opts: AppOptions) {
   metrics.onCollect(() => {
     metrics.limiterQueueDepth.set({ action: ASSOCIATE_ACTION }, limiter.queueDepth(buckets.associate.key));
     metrics.limiterQueueDepth.set({ action: DESCRIBE_ACTION }, limiter.queueDepth(buckets.describe.key));
+    metrics.limiterMargin.set(margin.current());
   });
   const describe = createMeteredDescribe({
     upstream,
@@ -147,7 +159,7 @@ export async function createApp(opts: AppOptions) {
     tenantBudget: settings.lookupRatePerTenant,
     hooks: {
       call: (code, seconds) => recordUpstreamCall(metrics, DESCRIBE_ACTION, code, seconds),
-      late: () => metrics.limiterWastedGrants.inc({ action: DESCRIBE_ACTION, reason: "late" }),
+      // Late grants are counted by the limiter (keygate_limiter_wasted_grants_total, keygate_late_sends_total).
     },
   });
 
@@ -233,6 +245,9 @@ export async function createApp(opts: AppOptions) {
     health.readiness(),
   );
 
+  const warming = new AbortController();
+  let warm: Promise<void> | undefined;
+
   let apiAddress: AddressInfo | undefined;
   let metricsAddress: AddressInfo | undefined;
   let stopping: Promise<void> | undefined;
@@ -243,13 +258,38 @@ export async function createApp(opts: AppOptions) {
     metrics,
     policy: policySource,
     limiter,
-    async start(): Promise<{ api: AddressInfo; metrics: AddressInfo }> {
+    /**
+     * Listens, then waits for the warm-up (see `warmUp`). `onListening` runs as soon as both ports
+     * listen, before that wait: the CLI installs its signal handlers there, so a SIGTERM during
+     * the warm-up drains as usual.
+     */
+    async start(
+      startOpts: { onListening?: () => void } = {},
+    ): Promise<{ api: AddressInfo; metrics: AddressInfo }> {
       apiAddress = await api.listen();
       metricsAddress = await metricsServer.listen();
+
+      startOpts.onListening?.();
+      // Readiness waits for the warm-up; start() returns once warm (or after WARM_WAIT_MS, while
+      // the warm-up keeps trying in the background and readiness stays NOT_SERVING).
+      warm ??= warmUp(describe, clock, warming.signal, logger).then((ok) => {
+        if (ok) health.set("upstream", true);
+      });
+      const waited = new AbortController();
+      const onStop = () => waited.abort();
+      warming.signal.addEventListener("abort", onStop, { once: true });
+      await Promise.race([
+        warm,
+        clock.sleep(opts.warmWaitMs ?? WARM_WAIT_MS, waited.signal).catch(() => undefined),
+      ]);
+      waited.abort();
+      warming.signal.removeEventListener("abort", onStop);
+      // Logged once warm (or once the wait is over): what scripts and tests wait for.
       logger.info(
         {
           api: `${apiAddress.address}:${apiAddress.port}`,
           metrics: `${metricsAddress.address}:${metricsAddress.port}`,
+          ready: health.isServing(),
         },
         "keygate listening",
       );
@@ -265,6 +305,7 @@ export async function createApp(opts: AppOptions) {
       stopping ??= (async () => {
         draining = true;
         health.setDraining();
+        warming.abort();
         logger.info({ inflight, drainMs }, "draining");
         const until = clock.now() + drainMs;
         void api.stopAccepting();
@@ -296,6 +337,47 @@ export type App = Awaited<ReturnType<typeof createApp>>;
 /** A start-up problem the CLI prints as is (no stack trace). */
 export class StartupError extends Error {
   override name = "StartupError";
+}
+
+/** How long start() waits for the warm-up before returning (readiness stays NOT_SERVING until warm). */
+const WARM_WAIT_MS = 10_000;
+/** A well-formed id that names no instance: the cloud answers an empty set, cheaply. */
+const WARM_INSTANCE_ID = "ins-00000000";
+const WARM_REGION = "ap-guangzhou";
+/** Warm-up calls: the first must be answered; the rest seed the adaptive margin (margin.ts). */
+const WARM_ROUND_TRIPS = 5;
+
+/**
+ * Ready means warm (docs/decisions/limiter.md, "Ready means warm"): one DescribeInstances through
+ * the whole send path — the describe bucket's grant, credentials, SDK signing, the send gate and a
+ * keep-alive connection to the cloud — before this replica reports SERVING, so its first granted
+ * calls are not its slowest. Any answer of the cloud counts (a coded refusal ran the path too);
+ * an unreachable cloud is tried again with backoff until it answers or the app stops.
+ */
+async function warmUp(
+  describe: MeteredDescribe,
+  clock: Clock,
+  signal: AbortSignal,
+  logger: Logger,
+): Promise<boolean> {
+  for (let attempt = 0; !signal.aborted; attempt++) {
+    try {
+      await describe(WARM_REGION, [WARM_INSTANCE_ID], { signal, deadline: clock.now() + 10_000 });
+      // A few more round trips (best effort) so the adaptive margin starts from this path's jitter.
+      for (let i = 1; i < WARM_ROUND_TRIPS && !signal.aborted; i++) {
+        await describe(WARM_REGION, [WARM_INSTANCE_ID], { signal, deadline: clock.now() + 2_000 }).catch(
+          () => undefined,
+        );
+      }
+      return true;
+    } catch (err) {
+      if (isKeygateError(err) && err.upstreamCode !== undefined) return true;
+      if (signal.aborted) break;
+      logger.warn({ err: errorText(err), attempt }, "warm-up call to the cloud failed; not ready yet");
+      await clock.sleep(Math.min(5_000, 200 * 2 ** attempt), signal).catch(() => undefined);
+    }
+  }
+  return false; // stopped before warm: never SERVING
 }
 
 function errorText(err: unknown): string {

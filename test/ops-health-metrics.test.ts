@@ -118,6 +118,12 @@ async function codeOf(p: Promise<unknown>): Promise<Code | "OK"> {
 describe("grpc.health.v1.Health on the API port", () => {
   it("Check answers for the overall, the API and the liveness service, and NOT_FOUND otherwise", async () => {
     const health = createClient(Health, createGrpcTransport({ baseUrl: api }));
+    // Ready means warm: readiness turns SERVING once the send path to the cloud has run once.
+    await pollUntil(
+      async () => (await health.check({ service: "" })).status === Status.SERVING,
+      "readiness SERVING after the warm-up",
+      10_000,
+    );
     for (const service of ["", "keygate.v1.KeyPairService", "liveness"]) {
       expect((await health.check({ service })).status, service).toBe(Status.SERVING);
     }

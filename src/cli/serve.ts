@@ -19,7 +19,7 @@ export async function serve(env: Record<string, string | undefined>): Promise<"r
   const logger = createLogger(settings.logLevel);
   const stopTracing = await startTracing(env);
   const app = await createApp({ settings, logger });
-  await app.start();
-  stopOnSignals(app, logger, stopTracing);
+  // Signals drain from the moment the ports listen, also while the warm-up runs (ready means warm).
+  await app.start({ onListening: () => stopOnSignals(app, logger, stopTracing) });
   return "running";
 }

@@ -260,7 +260,10 @@ export function createBatcher(opts: BatcherOptions): Batcher {
    * them (the grant travels with the call in its options). Undefined = too late, nothing sent.
    */
   function sendWithGrant(grant: Grant, pick: () => Member[]): InFlight | undefined {
-    if (grant.sendBy !== undefined && clock.now() > grant.sendBy) return undefined;
+    if (grant.sendBy !== undefined && clock.now() > grant.sendBy) {
+      grant.notSent?.(clock.now());
+      return undefined;
+    }
     const members = pick();
     if (members.length === 0) return undefined; // everyone left: the token goes unused
     const first = members[0]!.m.input;
@@ -280,6 +283,7 @@ export function createBatcher(opts: BatcherOptions): Batcher {
     }
     const { call, release } = callOf(members);
     crashPoint("before-send");
+    // The adapter checks the grant once more at the socket (SEND_TOO_LATE: nothing was sent).
     const reply = upstream.associateInstancesKeyPairs(input, { ...call, grant });
     return { members, id, input, sentAt, reply, release };
   }
@@ -323,6 +327,12 @@ export function createBatcher(opts: BatcherOptions): Batcher {
       failure = err;
     } finally {
       f.release();
+    }
+    if (!result && isKeygateError(failure) && failure.reason === "SEND_TOO_LATE") {
+      // Stopped at the socket: nothing went out, so it was no cloud call; a new token sends it.
+      for (const x of f.members) x.progress.calls -= 1;
+      await resend(f.members.filter((x) => x.state !== "done"));
+      return;
     }
     const code = result
       ? "OK"

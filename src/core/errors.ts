@@ -17,6 +17,7 @@ export const Reason = {
   DEADLINE_EXCEEDED: "DEADLINE_EXCEEDED",
   CANCELLED: "CANCELLED",
   SHUTTING_DOWN: "SHUTTING_DOWN",
+  SEND_TOO_LATE: "SEND_TOO_LATE",
   INTERNAL: "INTERNAL",
 } as const;
 export type KeygateReason = (typeof Reason)[keyof typeof Reason];
@@ -73,6 +74,11 @@ export const reasonCatalogue: Record<KeygateReason, { kind: ErrorKind; summary: 
   DEADLINE_EXCEEDED: { kind: "deadline_exceeded", summary: "The caller's deadline passed." },
   CANCELLED: { kind: "cancelled", summary: "The caller went away." },
   SHUTTING_DOWN: { kind: "unavailable", summary: "This replica is draining; retry on another." },
+  SEND_TOO_LATE: {
+    kind: "unavailable",
+    summary:
+      "Internal: a granted call would have left after its grant allowed, so it was not sent; keygate takes a new grant (a caller sees it only if none can be had in time).",
+  },
   INTERNAL: { kind: "internal", summary: "A bug; the details are in the log, not in the answer." },
 };
 

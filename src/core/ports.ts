@@ -16,17 +16,26 @@ export interface CallOptions {
  * answered an error, with reason UPSTREAM_* when it could not be reached or answered garbage.
  */
 export interface Upstream {
-  /** `opts.grant`: the limiter's token this call spends (its `sendBy` bounds when it may go out). */
   associateInstancesKeyPairs(
     input: AssociateInput,
-    opts: CallOptions & { grant?: Grant },
+    opts: CallOptions & UpstreamSendOptions,
   ): Promise<{ requestId: string }>;
   /** At most 100 ids per call. */
   describeInstances(
     region: string,
     instanceIds: string[],
-    opts: CallOptions,
+    opts: CallOptions & UpstreamSendOptions,
   ): Promise<{ requestId: string; instances: InstanceInfo[] }>;
+}
+
+/**
+ * The limiter's grant a call is sent on. An upstream that can see the moment its request is
+ * written (the Tencent adapter, through its own http agent) checks `sendBy` there, and throws
+ * SEND_TOO_LATE without writing anything when it has passed; it reports the real departure
+ * through `grant.sent` (docs/decisions/limiter.md, "The last check is at the socket").
+ */
+export interface UpstreamSendOptions {
+  grant?: Grant | undefined;
 }
 
 /** One cluster-wide sliding-window bucket: at most `limit` grants in any `windowMs`. */
@@ -56,6 +65,15 @@ export interface Grant {
    * up with later grants at the cloud, so the caller acquires again instead (the grant is wasted).
    */
   sendBy?: number;
+  /** Epoch ms the grant's slot was planned for: the request should leave then. */
+  plannedAt?: number;
+  /**
+   * Tells the limiter when the request actually left (epoch ms); a departure later than
+   * `plannedAt` moves the shared window so the 10th call after it still keeps the span.
+   */
+  sent?(at: number): void;
+  /** Tells the limiter the request was not sent: it would have left after `sendBy` (a wasted grant). */
+  notSent?(at: number): void;
 }
 
 /**

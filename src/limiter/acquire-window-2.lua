@@ -26,9 +26,11 @@
                           store down for longer than that just before), so it is simply empty
 
   Output:
-    {1, remaining, nowMs, delayMs} booked; send delayMs after nowMs; remaining = grants still
-                                   free at that slot
-    {0, waitMs, nowMs}             refused; nothing recorded, ask again in waitMs
+    {1, remaining, nowMs, delayMs, timeMs} booked; send delayMs after nowMs; remaining = grants
+                                   still free at that slot
+    {0, waitMs, nowMs, timeMs}     refused; nothing recorded, ask again in waitMs
+  nowMs is the time the decision counts from (held back after the clock ran backwards, below);
+  timeMs is this server's TIME as read, from which callers learn how its clock stands to theirs.
 ]]
 local limit = tonumber(ARGV[1])
 local span = tonumber(ARGV[2])
@@ -39,6 +41,7 @@ local warm = ARGV[6] == "1"
 
 local t = redis.call("TIME")
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local time = now
 local penalty = tonumber(redis.call("GET", KEYS[2]) or "0")
 
 local log = redis.call("LRANGE", KEYS[1], 0, limit - 1)
@@ -51,7 +54,7 @@ if cold > 0 and #log == 0 and not warm then
   if penalty > first then
     first = penalty
   end
-  return {0, first - now - horizon, now}
+  return {0, first - now - horizon, now, time}
 end
 
 -- A booking is at most `horizon` ahead of the clock that made it: a newest slot further ahead
@@ -86,7 +89,7 @@ if delay > horizon then
   if wait < 1 then
     wait = 1
   end
-  return {0, wait, now}
+  return {0, wait, now, time}
 end
 
 local inWindow = 0
@@ -105,4 +108,4 @@ if cold > 0 then
 else
   redis.call("PEXPIRE", KEYS[1], span * 2 + delay)
 end
-return {1, limit - inWindow - 1, now, delay}
+return {1, limit - inWindow - 1, now, delay, time}

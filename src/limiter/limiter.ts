@@ -2,6 +2,7 @@ import { type Clock, systemClock } from "../core/clock.js";
 import { keygateError, type KeygateError } from "../core/errors.js";
 import type { AcquireRequest, BucketSpec, Grant, RateLimiter } from "../core/ports.js";
 import { createFairQueue, type FairEntry, type FairQueue } from "./fair-queue.js";
+import { createStoreClock } from "./store-clock.js";
 import { spanOf } from "./window.js";
 import type { WindowStore } from "./window-store.js";
 
@@ -19,6 +20,16 @@ export interface LimiterHooks {
    */
   onWastedGrant?(bucket: string, reason: "late" | "no_waiter" | "cancelled"): void;
   onStoreError?(bucket: string, error: unknown): void;
+  /**
+   * A granted request left `lateMs` after its slot (the limiter moved the shared window by that
+   * much), or was not sent at all because it would have left after `sendBy` ("not_sent").
+   */
+  onLateSend?(bucket: string, outcome: "shifted" | "not_sent", lateMs: number): void;
+}
+
+/** The margin in force, when it follows the path (see margin.ts); never below `marginMs`. */
+export interface MarginSource {
+  current(): number;
 }
 
 export interface LimiterOptions {
@@ -26,10 +37,17 @@ export interface LimiterOptions {
   clock?: Clock;
   /** Added to the bucket's window; absorbs grant-to-arrival jitter. Default 40 ms (see docs/decisions/limiter.md). */
   marginMs?: number;
+  /** Widens the margin while the path to the cloud is jittery (never narrows it below `marginMs`). */
+  margin?: MarginSource;
   /**
-   * A grant is good only if the request is sent within this many ms of its slot, where the slot
-   * is converted to local time from the moment the store was asked (before the Redis call), so
-   * the Redis round trip counts against it. Default 15 ms.
+   * A request that left more than this many ms after its slot moves the shared window by its
+   * lateness (`WindowStore.shift`). Default 1 ms: sub-ms lateness is left to the margin.
+   */
+  shiftAfterMs?: number;
+  /**
+   * A grant is good only if the request is sent within this many ms of its slot, counted from
+   * the earliest local time the slot can be (store-clock.ts bounds the store's clock against
+   * ours). Default `DEFAULT_SEND_WITHIN_MS` (100 ms).
    */
   sendWithinMs?: number;
   /**
@@ -60,6 +78,10 @@ export interface LimiterOptions {
 export interface LimiterGrant extends Grant {
   /** Epoch ms on the limiter's clock. Later than this, do not send: acquire again. */
   sendBy: number;
+  plannedAt: number;
+  sent(at: number): void;
+  /** Tells the limiter the grant was not sent because it would have left too late. */
+  notSent(at: number): void;
 }
 
 export interface Limiter extends RateLimiter {
@@ -74,6 +96,15 @@ export interface Limiter extends RateLimiter {
 }
 
 const MAX_TIMER_MS = 2_147_483_647;
+
+/**
+ * Default `sendWithinMs`. The last check is at the socket and a departure later than the slot
+ * moves the shared window by its lateness, so lateness no longer eats the margin; the bound only
+ * has to keep that move ahead of the bookings it affects (they come a span minus the horizon
+ * after the slot) and make a late send cheaper than a wasted slot (about 100 ms at 10/s).
+ * See docs/decisions/limiter.md ("The last check is at the socket").
+ */
+export const DEFAULT_SEND_WITHIN_MS = 100;
 
 /** Default booking horizon (`LimiterOptions.bookAheadMs`). */
 export const DEFAULT_BOOK_AHEAD_MS = 80;
@@ -93,8 +124,12 @@ interface Waiter {
 interface Booking {
   /** Local time of the slot, converted late (after the store's answer): never before it. */
   at: number;
-  /** Latest local send time: the slot converted early (before the store was asked) + sendWithinMs. */
+  /** Latest local send time: `earliest` + sendWithinMs. */
   sendBy: number;
+  /** The slot converted early: the earliest local time it can be; lateness counts from here. */
+  earliest: number;
+  /** The slot on the store's clock, when the store said (what `WindowStore.shift` moves). */
+  slot: number | undefined;
   dropped: boolean;
 }
 
@@ -124,8 +159,10 @@ interface BucketState {
 export function createLimiter(options: LimiterOptions): Limiter {
   const clock = options.clock ?? systemClock;
   const store = options.store;
-  const marginMs = options.marginMs ?? 40;
-  const sendWithinMs = options.sendWithinMs ?? 15;
+  const marginFloorMs = options.marginMs ?? 40;
+  const marginMs = () => Math.max(marginFloorMs, options.margin?.current() ?? 0);
+  const shiftAfterMs = Math.max(0, options.shiftAfterMs ?? 1);
+  const sendWithinMs = options.sendWithinMs ?? DEFAULT_SEND_WITHIN_MS;
   const bookAheadMs = Math.max(0, options.bookAheadMs ?? DEFAULT_BOOK_AHEAD_MS);
   const booking = { horizonMs: bookAheadMs, gapMs: Math.max(0, options.slotGapMs ?? 0) };
   const maxWaitMs = options.maxWaitMs ?? 10_000;
@@ -134,6 +171,7 @@ export function createLimiter(options: LimiterOptions): Limiter {
   const random = options.random ?? Math.random;
   const hooks = options.hooks ?? {};
   const buckets = new Map<string, BucketState>();
+  const storeClock = createStoreClock();
   const closing = new AbortController();
   const closedBuckets = new Set<string>();
 
@@ -148,7 +186,7 @@ export function createLimiter(options: LimiterOptions): Limiter {
   const stateOf = (spec: BucketSpec): BucketState => {
     let b = buckets.get(spec.key);
     if (!b) {
-      const span = spanOf(spec.windowMs, marginMs);
+      const span = spanOf(spec.windowMs, marginMs());
       b = {
         spec,
         queue: createFairQueue<Waiter>(),
@@ -229,10 +267,39 @@ export function createLimiter(options: LimiterOptions): Limiter {
         w.cleanup();
         const waitedMs = now - w.enqueuedAt;
         safe(() => hooks.onGrant?.(b.spec.key, w.tenant, waitedMs));
-        w.resolve({ waitedMs, sendBy: k.sendBy });
+        w.resolve(grantOf(b, k, waitedMs));
       }
     }
     settle(b);
+  };
+
+  /** The grant handed to a caller: its slot, its send-by time and where it reports its departure. */
+  const grantOf = (b: BucketState, k: Booking, waitedMs: number): LimiterGrant => {
+    let reported = false;
+    return {
+      waitedMs,
+      sendBy: k.sendBy,
+      plannedAt: k.at,
+      sent(at: number) {
+        if (reported) return;
+        reported = true;
+        const lateMs = Math.ceil(at - k.earliest);
+        if (lateMs <= shiftAfterMs) return;
+        safe(() => hooks.onLateSend?.(b.spec.key, "shifted", lateMs));
+        // The request left later than its slot: move the slot to when it left, so the 10th call
+        // after it is booked a full span after the departure (docs/decisions/limiter.md).
+        if (k.slot === undefined || !store.shift) return;
+        store.shift(b.spec, k.slot, lateMs).catch((err: unknown) => {
+          safe(() => hooks.onStoreError?.(b.spec.key, err));
+        });
+      },
+      notSent(at: number) {
+        if (reported) return;
+        reported = true;
+        safe(() => hooks.onLateSend?.(b.spec.key, "not_sent", Math.max(0, at - k.earliest)));
+        safe(() => hooks.onWastedGrant?.(b.spec.key, "late"));
+      },
+    };
   };
 
   const book = (b: BucketState, k: Booking) => {
@@ -251,8 +318,8 @@ export function createLimiter(options: LimiterOptions): Limiter {
   const dispatch = async (b: BucketState): Promise<void> => {
     b.running = true;
     try {
-      const span = spanOf(b.spec.windowMs, marginMs);
       while (b.queue.size > b.bookings.length && !closing.signal.aborted) {
+        const span = spanOf(b.spec.windowMs, marginMs());
         const asked = clock.now();
         let d;
         try {
@@ -274,6 +341,7 @@ export function createLimiter(options: LimiterOptions): Limiter {
         }
         const now = clock.now();
         if (!d.granted) {
+          if (d.storeNow !== undefined) storeClock.observe(asked, now, d.storeNow);
           // The store's wait counts from its decision, somewhere within the round trip: take the middle.
           const waitMs = Math.max(0, d.waitMs - (now - asked) / 2);
           b.free = 0;
@@ -287,9 +355,23 @@ export function createLimiter(options: LimiterOptions): Limiter {
         }
         // The store decided somewhere within the round trip [asked, now]: the slot is `delay` after
         // that. Sending from now + delay is never before the slot; sending by asked + delay +
-        // sendWithinMs is never more than sendWithinMs after it.
+        // sendWithinMs is never more than sendWithinMs after it. When the store tells its clock,
+        // the tightest recent round trips narrow both ends (store-clock.ts).
         const delay = Math.max(0, d.delayMs ?? 0);
-        const k: Booking = { at: now + delay, sendBy: asked + delay + sendWithinMs, dropped: false };
+        let at = now + delay;
+        let earliest = asked + delay;
+        if (d.slot !== undefined && d.storeNow !== undefined) {
+          const offset = storeClock.observe(asked, now, d.storeNow);
+          at = Math.min(at, d.slot - offset.lower);
+          earliest = Math.max(earliest, d.slot - offset.upper);
+        }
+        const k: Booking = {
+          at,
+          sendBy: earliest + sendWithinMs,
+          earliest,
+          slot: d.slot,
+          dropped: false,
+        };
         b.free = d.remaining;
         b.nextAt = k.at;
         if (k.at > k.sendBy) {

@@ -1,6 +1,6 @@
 import type { Clock } from "../core/clock.js";
 import type { BucketSpec } from "../core/ports.js";
-import { decide, record } from "./window.js";
+import { decide, record, shiftSlot } from "./window.js";
 import type { BookingOptions, StoreDecision, WindowStore } from "./window-store.js";
 
 interface MemoryBucket {
@@ -56,14 +56,25 @@ export function createMemoryWindowStore(options: {
       if (buckets.size > 64) sweep(now, spanMs + horizonMs);
       const b = bucketFor(bucket);
       const d = decide(b.log, now, bucket.limit, spanMs, horizonMs, b.penaltyUntil, booking.gapMs ?? 0);
-      if (!d.granted) return Promise.resolve(d);
+      if (!d.granted) return Promise.resolve({ ...d, storeNow: now });
       record(b.log, d.at, bucket.limit);
-      return Promise.resolve({ granted: true, remaining: d.remaining, delayMs: d.delayMs });
+      return Promise.resolve({
+        granted: true,
+        remaining: d.remaining,
+        delayMs: d.delayMs,
+        slot: d.at,
+        storeNow: now,
+      });
     },
     penalize(bucket: BucketSpec, ms: number): Promise<void> {
       const until = clock.now() + Math.max(0, ms);
       const b = bucketFor(bucket);
       b.penaltyUntil = Math.max(b.penaltyUntil, until);
+      return Promise.resolve();
+    },
+    shift(bucket: BucketSpec, slot: number, lateMs: number): Promise<void> {
+      const b = buckets.get(bucket.key);
+      if (b) shiftSlot(b.log, slot, lateMs, bucket.limit);
       return Promise.resolve();
     },
     size: () => buckets.size,

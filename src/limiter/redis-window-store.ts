@@ -16,6 +16,7 @@ interface LimiterCommands {
     warm: 0 | 1,
   ): Promise<unknown>;
   keygatePenalize(penaltyKey: string, ms: number): Promise<unknown>;
+  keygateShiftWindow(windowKey: string, slot: number, lateMs: number, limit: number): Promise<unknown>;
 }
 
 /**
@@ -58,6 +59,7 @@ export function createRedisWindowStore(options: RedisWindowStoreOptions): Window
   const coldMs = options.coldHoldOff === false ? 0 : (options.coldAfterMs ?? 3_600_000);
   defineScript(client, "keygateAcquireWindow", new URL("./acquire-window-2.lua", import.meta.url));
   defineScript(client, "keygatePenalize", new URL("./penalize-1.lua", import.meta.url));
+  defineScript(client, "keygateShiftWindow", new URL("./shift-window-1.lua", import.meta.url));
   const cmd = client as unknown as LimiterCommands;
 
   return {
@@ -80,14 +82,27 @@ export function createRedisWindowStore(options: RedisWindowStoreOptions): Window
       );
       if (!Array.isArray(reply) || reply.length < 2)
         throw new Error("unexpected reply from acquire-window script");
-      const [granted, n, , delay] = reply as [number, number, number, number | undefined];
+      const [granted, n, now, fourth, fifth] = reply as [number, number, number, number?, number?];
+      const delay = granted === 1 ? fourth : undefined;
+      const time = Number(granted === 1 ? (fifth ?? now) : (fourth ?? now));
       return granted === 1
-        ? { granted: true, remaining: Number(n), delayMs: Number(delay ?? 0) }
-        : { granted: false, waitMs: Number(n) };
+        ? {
+            granted: true,
+            remaining: Number(n),
+            delayMs: Number(delay ?? 0),
+            slot: Number(now) + Number(delay ?? 0),
+            storeNow: time,
+          }
+        : { granted: false, waitMs: Number(n), storeNow: time };
     },
     async penalize(bucket: BucketSpec, ms: number): Promise<void> {
       const k = bucketKeys(prefix, bucket.key);
       await cmd.keygatePenalize(k.penalty, Math.max(1, Math.ceil(ms)));
+    },
+    async shift(bucket: BucketSpec, slot: number, lateMs: number): Promise<void> {
+      if (!(lateMs > 0)) return;
+      const k = bucketKeys(prefix, bucket.key);
+      await cmd.keygateShiftWindow(k.window, Math.round(slot), Math.ceil(lateMs), bucket.limit);
     },
   };
 }

@@ -6,7 +6,16 @@ import type { BucketSpec } from "../core/ports.js";
  * earlier. Refused: nothing booked, ask again in `waitMs`.
  */
 export type StoreDecision =
-  { granted: true; remaining: number; delayMs?: number } | { granted: false; waitMs: number };
+  | {
+      granted: true;
+      remaining: number;
+      delayMs?: number;
+      /** The booked slot on the store's own clock (what `shift` names). */
+      slot?: number;
+      /** The store's clock when it decided (with `slot`: how far its clock is from ours, see store-clock.ts). */
+      storeNow?: number;
+    }
+  | { granted: false; waitMs: number; storeNow?: number };
 
 /** How slots are booked; see `decide` in window.ts. */
 export interface BookingOptions {
@@ -28,4 +37,10 @@ export interface WindowStore {
   tryAcquire(bucket: BucketSpec, spanMs: number, booking?: BookingOptions): Promise<StoreDecision>;
   /** Every replica refuses grants on `bucket` for the next `ms` (the upstream said RequestLimitExceeded). */
   penalize(bucket: BucketSpec, ms: number): Promise<void>;
+  /**
+   * The request booked at `slot` left `lateMs` after it: the slot moves to `slot + lateMs` (the
+   * log stays ordered), so later bookings keep a full span from when it really left. Nothing
+   * happens when the bucket has no log any more.
+   */
+  shift?(bucket: BucketSpec, slot: number, lateMs: number): Promise<void>;
 }

@@ -73,6 +73,22 @@ export function record(log: number[], at: number, limit: number): void {
   if (log.length > limit) log.length = limit;
 }
 
+/**
+ * Moves the slot `slot` of a newest-first log to `slot + lateMs` (the request booked there left
+ * that late) and keeps the log ordered newest first. `decide` then spaces the next slots from
+ * the real departure: any `limit + 1` consecutive departures still lie a span apart. A slot no
+ * longer in the log (trimmed) is not re-added unless it now ranks among the newest `limit`.
+ * Mirrored in shift-window-1.lua.
+ */
+export function shiftSlot(log: number[], slot: number, lateMs: number, limit: number): void {
+  if (lateMs <= 0 || log.length === 0) return;
+  const i = log.indexOf(slot);
+  if (i >= 0) log.splice(i, 1);
+  log.push(slot + lateMs);
+  log.sort((a, b) => b - a);
+  if (log.length > limit) log.length = limit;
+}
+
 /** The largest number of times within any half-open window [t, t + windowMs). For tests and benches. */
 export function maxInAnyWindow(times: readonly number[], windowMs: number): number {
   const sorted = [...times].sort((a, b) => a - b);

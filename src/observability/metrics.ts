@@ -64,6 +64,18 @@ export function createMetrics(opts: { defaultMetrics?: boolean; revision?: strin
       labelNames: ["action", "reason"] as const,
       registers: r,
     }),
+    lateSends: new Counter({
+      name: "keygate_late_sends_total",
+      help: "Granted requests that left later than their slot (shifted: the shared window was moved by the lateness) or were not sent because they would have left after their grant allowed (not_sent)",
+      labelNames: ["action", "outcome"] as const,
+      registers: r,
+    }),
+    limiterMargin: new Gauge({
+      name: "keygate_limiter_margin_ms",
+      help: "The limiter's margin in force (ms added to the 1000 ms window): the configured value, widened while round trips to the cloud are jittery",
+      // Set by the collect hooks that keygate_limiter_queue_depth (registered earlier) runs.
+      registers: r,
+    }),
     limiterRejected: new Counter({
       name: "keygate_limiter_rejected_total",
       help: "Requests refused RATE_LIMITED without spending a token",
@@ -193,6 +205,10 @@ export function limiterMetrics(
     onWastedGrant: (bucket, reason) => {
       const action = actionOf(bucket);
       if (action !== undefined) metrics.limiterWastedGrants.inc({ action, reason });
+    },
+    onLateSend: (bucket, outcome) => {
+      const action = actionOf(bucket);
+      if (action !== undefined) metrics.lateSends.inc({ action, outcome });
     },
   };
 }

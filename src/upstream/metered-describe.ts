@@ -76,7 +76,7 @@ export function createMeteredDescribe(options: MeteredDescribeOptions): LazyMete
     call.deadline === undefined ? Number.POSITIVE_INFINITY : call.deadline - clock.now();
 
   /** A grant of the shared bucket that is still good to send on when it returns. */
-  async function sendableGrant(call: CallOptions, tenant: Tenant | undefined): Promise<void> {
+  async function sendableGrant(call: CallOptions, tenant: Tenant | undefined): Promise<Grant> {
     for (;;) {
       const grant: Grant = await limiter.acquire({
         bucket,
@@ -85,7 +85,8 @@ export function createMeteredDescribe(options: MeteredDescribeOptions): LazyMete
         signal: call.signal,
         deadline: call.deadline,
       });
-      if (grant.sendBy === undefined || clock.now() <= grant.sendBy) return;
+      if (grant.sendBy === undefined || clock.now() <= grant.sendBy) return grant;
+      grant.notSent?.(clock.now());
       hooks.late?.();
     }
   }
@@ -101,15 +102,20 @@ export function createMeteredDescribe(options: MeteredDescribeOptions): LazyMete
     for (let limitRetries = 0; ;) {
       // After a RequestLimitExceeded this waits out the hold-off; if the deadline comes first the
       // limiter refuses with RATE_LIMITED (a documented reason), not the cloud's code.
-      await sendableGrant(opts, tenant);
+      const grant = await sendableGrant(opts, tenant);
       const t0 = clock.now();
       try {
         const send = typeof ids === "function" ? ids() : ids;
-        const r = await upstream.describeInstances(region, send, opts);
+        // The adapter checks the grant once more at the socket (SEND_TOO_LATE: nothing was sent).
+        const r = await upstream.describeInstances(region, send, { ...opts, grant });
         hooks.call?.("OK", (clock.now() - t0) / 1000);
         return r.instances;
       } catch (err) {
         const e: KeygateError | undefined = isKeygateError(err) ? err : undefined;
+        if (e?.reason === "SEND_TOO_LATE") {
+          hooks.late?.();
+          continue;
+        }
         hooks.call?.(e?.upstreamCode ?? e?.reason ?? "UNKNOWN", (clock.now() - t0) / 1000);
         if (!e) throw err;
         if (isRateLimitedUpstream(e)) {

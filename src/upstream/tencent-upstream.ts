@@ -2,11 +2,12 @@ import tencentcloud from "tencentcloud-sdk-nodejs-cvm";
 import { systemClock, type Clock } from "../core/clock.js";
 import { keygateError, Reason } from "../core/errors.js";
 import type { AssociateInput } from "../core/model.js";
-import type { CallOptions, Upstream } from "../core/ports.js";
+import type { CallOptions, Upstream, UpstreamSendOptions } from "../core/ports.js";
 import type { CloudCredential, CredentialProvider } from "./credentials.js";
 import { parseInstanceSet } from "./parse-instances.js";
 import type { ProxySettings } from "./proxy.js";
 import { createUpstreamRoute } from "./redirect-agent.js";
+import { gateAgent, withSendGate } from "./send-gate.js";
 import { CREDENTIAL_FAILURE_PREFIX, redactSecrets, toKeygateError, type LocalAbort } from "./sdk-errors.js";
 
 export {
@@ -39,6 +40,11 @@ export interface TencentUpstreamOptions {
   keepAlive?: boolean;
   /** HTTPS_PROXY/HTTP_PROXY/NO_PROXY (src/upstream/proxy.ts); none = direct. */
   proxy?: ProxySettings | undefined;
+  /**
+   * Each answered call's round trip, from the moment its request was written to its answer
+   * (ms): what the adaptive margin learns the path's jitter from (src/limiter/margin.ts).
+   */
+  onRoundTrip?: (ms: number) => void;
 }
 
 /** The SDK-facing upstream plus a way to release its sockets. */
@@ -64,6 +70,8 @@ export function createTencentUpstream(options: TencentUpstreamOptions): TencentU
     options.keepAlive ?? true,
     options.proxy && { settings: options.proxy, endpoint },
   );
+  // Every request the SDK makes passes the send gate of its call at the socket (send-gate.ts).
+  const agent = gateAgent(route.agent);
   const source = options.credential;
   // Secrets handed to the SDK recently, scrubbed from any error text (G6).
   const secrets = new Set<string>();
@@ -99,7 +107,7 @@ export function createTencentUpstream(options: TencentUpstreamOptions): TencentU
           httpProfile: {
             endpoint,
             protocol: route.protocol,
-            agent: route.agent,
+            agent,
             // A backstop only: keygate's own timer (below) aborts first and knows why.
             reqTimeout: Math.ceil(reqTimeoutMs / 1000) + 5,
           },
@@ -114,7 +122,7 @@ export function createTencentUpstream(options: TencentUpstreamOptions): TencentU
     action: string,
     region: string,
     params: Record<string, unknown>,
-    opts: CallOptions,
+    opts: CallOptions & UpstreamSendOptions,
   ): Promise<Record<string, unknown>> => {
     const regionToUse = region || options.defaultRegion || "";
     const pastDeadline = () => opts.deadline !== undefined && clock.now() >= opts.deadline;
@@ -150,10 +158,29 @@ export function createTencentUpstream(options: TencentUpstreamOptions): TencentU
       },
       () => undefined,
     );
+    // The grant's last check, at the socket: a request that would leave after `sendBy` is not
+    // written at all (SEND_TOO_LATE, the orchestration takes a new grant); one that leaves is
+    // reported to the limiter with its real departure time.
+    const grant = opts.grant;
+    let leftAt: number | undefined;
+    let tooLateAt: number | undefined;
+    const gate = {
+      pass: (): boolean => {
+        const now = clock.now();
+        if (grant?.sendBy !== undefined && now > grant.sendBy) {
+          tooLateAt = now;
+          return false;
+        }
+        leftAt = now;
+        grant?.sent?.(now);
+        return true;
+      },
+    };
     try {
-      const response: unknown = await clientFor(regionToUse).request(action, params, {
-        signal: controller.signal,
-      });
+      const response: unknown = await withSendGate(gate, () =>
+        clientFor(regionToUse).request(action, params, { signal: controller.signal }),
+      );
+      if (leftAt !== undefined) options.onRoundTrip?.(clock.now() - leftAt);
       if (typeof response !== "object" || response === null) {
         throw keygateError(
           Reason.UPSTREAM_BAD_RESPONSE,
@@ -162,7 +189,18 @@ export function createTencentUpstream(options: TencentUpstreamOptions): TencentU
       }
       return response as Record<string, unknown>;
     } catch (e) {
-      throw toKeygateError(e, { action, aborted, secrets: [...secrets] });
+      if (tooLateAt !== undefined && leftAt === undefined) {
+        grant?.notSent?.(tooLateAt);
+        throw keygateError(
+          Reason.SEND_TOO_LATE,
+          `${action} was not sent: it would have left ${Math.ceil(tooLateAt - (grant?.sendBy ?? tooLateAt))} ms after its grant allowed`,
+        );
+      }
+      const mapped = toKeygateError(e, { action, aborted, secrets: [...secrets] });
+      if (leftAt !== undefined && mapped.upstreamCode !== undefined) {
+        options.onRoundTrip?.(clock.now() - leftAt);
+      }
+      throw mapped;
     } finally {
       timer.abort();
       opts.signal.removeEventListener("abort", onCallerAbort);
@@ -181,7 +219,7 @@ export function createTencentUpstream(options: TencentUpstreamOptions): TencentU
   };
 
   return {
-    async associateInstancesKeyPairs(input: AssociateInput, opts: CallOptions) {
+    async associateInstancesKeyPairs(input: AssociateInput, opts: CallOptions & UpstreamSendOptions) {
       const action = "AssociateInstancesKeyPairs";
       const response = await call(
         action,
@@ -191,7 +229,7 @@ export function createTencentUpstream(options: TencentUpstreamOptions): TencentU
       );
       return { requestId: requestIdOf(action, response) };
     },
-    async describeInstances(region: string, instanceIds: string[], opts: CallOptions) {
+    async describeInstances(region: string, instanceIds: string[], opts: CallOptions & UpstreamSendOptions) {
       const action = "DescribeInstances";
       if (instanceIds.length === 0) return { requestId: "", instances: [] };
       if (instanceIds.length > MAX_DESCRIBE_IDS) {
@@ -206,7 +244,7 @@ export function createTencentUpstream(options: TencentUpstreamOptions): TencentU
       return { requestId: requestIdOf(action, response), instances: parseInstanceSet(response) };
     },
     close() {
-      route.agent.destroy();
+      agent.destroy();
       clients.clear();
     },
   };
