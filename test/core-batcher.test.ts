@@ -251,6 +251,31 @@ describe("batcher: who rides along", () => {
     expect(t.cloud.calls).toHaveLength(1);
   });
 
+  it("a call the adapter stopped at the socket (SEND_TOO_LATE) is no cloud call: a new token sends it", async () => {
+    const t = setup();
+    const real = t.cloud.upstream.associateInstancesKeyPairs.bind(t.cloud.upstream);
+    let refusals = 0;
+    t.cloud.upstream.associateInstancesKeyPairs = (input, opts) => {
+      if (refusals++ === 0) return Promise.reject(keygateError("SEND_TOO_LATE", "not sent"));
+      return real(input, opts);
+    };
+    const a = t.send(member(1));
+    const b = t.send(member(2));
+    await tick();
+    await t.tokens.grant();
+    // Nothing was answered yet: both members wait for the next token together.
+    expect(t.tokens.queued()).toBe(1);
+    await t.tokens.grant();
+    const done = await Promise.all([a, b]);
+    expect(t.cloud.calls.map((c) => c.input.instanceIds.length)).toEqual([2]);
+    for (const d of done) {
+      expect(d.ok).toBe(true);
+      // Only the call that went out counts as an attempt.
+      expect(d.progress.calls).toBe(1);
+    }
+    expect(t.sizes).toEqual([2]);
+  });
+
   it("a linger lets attempts that arrive within it share the first call", async () => {
     const t = setup({ lingerMs: 20 });
     const a = t.send(member(1));
