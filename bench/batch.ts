@@ -207,7 +207,12 @@ async function keygateRow(n: number, batch: boolean, bad = false): Promise<void>
   console.log(
     `  gateway means: request ${(await meanMs("keygate_request_duration_seconds")).toFixed(0)} ms, ` +
       `lease wait ${(await meanMs("keygate_lease_wait_seconds")).toFixed(0)} ms, ` +
-      `cloud call ${(await meanMs("keygate_upstream_duration_seconds", ASSOCIATE)).toFixed(0)} ms`,
+      `cloud call ${(await meanMs("keygate_upstream_duration_seconds", ASSOCIATE)).toFixed(0)} ms, ` +
+      `token wait (askers only) ${(await meanMs("keygate_limiter_wait_seconds", ASSOCIATE)).toFixed(0)} ms, ` +
+      `tokens granted ${await sum("keygate_limiter_tokens_granted_total", ASSOCIATE)}, ` +
+      `wasted: late ${await sum("keygate_limiter_wasted_grants_total", 'reason="late"')}, ` +
+      `no waiter ${await sum("keygate_limiter_wasted_grants_total", 'reason="no_waiter"')}, ` +
+      `cancelled ${await sum("keygate_limiter_wasted_grants_total", 'reason="cancelled"')}`,
   );
   const splits = (
     await Promise.all(gateways.map((g) => scrapeCounter(g, "keygate_batch_splits_total")))
