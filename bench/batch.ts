@@ -54,6 +54,8 @@ const INSTANCES = Math.max(6_000, seconds * 1_300);
 const MAX_CALLS = 60_000;
 const MAX_DIRECT_CALLS = 20_000;
 const BAD_SHARE = 0.05;
+/** Callers sharing one HTTP/2 connection to a replica (see keygateRow). */
+const CALLERS_PER_CONNECTION = 20;
 
 const never = new AbortController().signal;
 setMaxListeners(0, never);
@@ -154,16 +156,25 @@ async function keygateRow(n: number, batch: boolean, bad = false): Promise<void>
       }),
     );
   }
-  const clients = gateways.map((g) =>
-    createClient(KeyPairService, createConnectTransport({ baseUrl: g.url, httpVersion: "2" })),
+  // Callers in groups of CALLERS_PER_CONNECTION, each group on its own HTTP/2 connection (its
+  // own transport), the groups spread over the replicas: like hosts that each hold a connection.
+  // One connection for all 200 would queue half of them in the client (the server allows 100
+  // streams per connection) and measure the client, not keygate.
+  const groups = Math.ceil(CALLERS / CALLERS_PER_CONNECTION);
+  const clients = Array.from({ length: Math.max(groups, n) }, (_, i) =>
+    createClient(KeyPairService, createConnectTransport({ baseUrl: gateways[i % n]!.url, httpVersion: "2" })),
   );
+  const clientOf = (caller: number) =>
+    caller < 0
+      ? clients[-caller - 1]!
+      : clients[Math.floor(caller / CALLERS_PER_CONNECTION) % clients.length]!;
   const call = (caller: number, instance: string) =>
-    clients[caller % clients.length]!.associateKeyPairs(
+    clientOf(caller).associateKeyPairs(
       { region: "ap-guangzhou", instanceIds: [instance], keyIds: [LOAD_KEY] },
       { headers: { authorization: `Bearer ${LOAD_TOKEN}` }, timeoutMs: 30_000 },
     );
   // Warm every replica up (connections, scripts) on instances the load does not reach.
-  await Promise.all(clients.map((_, i) => call(i, ids[ids.length - 1 - i]!)));
+  await Promise.all(clients.map((_, i) => call(-i - 1, ids[ids.length - 1 - i]!)));
   await new Promise((r) => setTimeout(r, 1_100));
   await emulatorAdmin(emulator!.url).reset();
   nextInstance = 0;
@@ -187,6 +198,22 @@ async function keygateRow(n: number, batch: boolean, bad = false): Promise<void>
     },
   });
   const elapsedS = (Date.now() - started) / 1000;
+  // Where a request's time goes, as the gateways saw it (means over the row): the rest of the
+  // callers' latency is the client and the connection (the bench process).
+  const sum = async (name: string, filter = "") =>
+    (await Promise.all(gateways.map((g) => scrapeCounter(g, name, filter)))).reduce((s, x) => s + x, 0);
+  const meanMs = async (name: string, filter = "") =>
+    (1000 * (await sum(`${name}_sum`, filter))) / Math.max(1, await sum(`${name}_count`, filter));
+  console.log(
+    `  gateway means: request ${(await meanMs("keygate_request_duration_seconds")).toFixed(0)} ms, ` +
+      `lease wait ${(await meanMs("keygate_lease_wait_seconds")).toFixed(0)} ms, ` +
+      `cloud call ${(await meanMs("keygate_upstream_duration_seconds", ASSOCIATE)).toFixed(0)} ms, ` +
+      `token wait (askers only) ${(await meanMs("keygate_limiter_wait_seconds", ASSOCIATE)).toFixed(0)} ms, ` +
+      `tokens granted ${await sum("keygate_limiter_tokens_granted_total", ASSOCIATE)}, ` +
+      `wasted: late ${await sum("keygate_limiter_wasted_grants_total", 'reason="late"')}, ` +
+      `no waiter ${await sum("keygate_limiter_wasted_grants_total", 'reason="no_waiter"')}, ` +
+      `cancelled ${await sum("keygate_limiter_wasted_grants_total", 'reason="cancelled"')}`,
+  );
   const splits = (
     await Promise.all(gateways.map((g) => scrapeCounter(g, "keygate_batch_splits_total")))
   ).reduce((s, x) => s + x, 0);

@@ -27,8 +27,15 @@ export interface Child {
   stop(graceMs?: number): Promise<void>;
 }
 
+/**
+ * BENCH_CPU_PROF_DIR=<dir>: every child writes a V8 CPU profile there when it exits (for finding
+ * where a request's CPU goes; open the .cpuprofile in Chrome DevTools). Off by default.
+ */
+const profDir = process.env.BENCH_CPU_PROF_DIR;
+const profArgs = profDir ? ["--cpu-prof", `--cpu-prof-dir=${profDir}`] : [];
+
 function launch(args: string[], env: Record<string, string>, port: number, metricsPort = 0): Child {
-  const child: ChildProcess = spawn(process.execPath, ["--import", "tsx", CLI, ...args], {
+  const child: ChildProcess = spawn(process.execPath, [...profArgs, "--import", "tsx", CLI, ...args], {
     cwd: ROOT,
     env: { PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? "", ...env },
     stdio: ["ignore", "ignore", "pipe"],

@@ -1,4 +1,4 @@
-import type { Clock } from "./clock.js";
+import { STOPPED, type Clock } from "./clock.js";
 import { classify } from "./cloud-errors.js";
 import { crashPoint } from "./crash-point.js";
 import { isKeygateError, keygateError, type KeygateError } from "./errors.js";
@@ -434,7 +434,7 @@ export function createBatcher(opts: BatcherOptions): Batcher {
         const fail = member.reject;
         const cleanup = () => {
           signal.removeEventListener("abort", onLeave);
-          timer?.abort();
+          timer?.abort(STOPPED);
         };
         member.resolve = (s) => {
           cleanup();

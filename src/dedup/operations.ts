@@ -1,5 +1,5 @@
 import { createHash, randomUUID } from "node:crypto";
-import type { Clock } from "../core/clock.js";
+import { STOPPED, type Clock } from "../core/clock.js";
 import { keygateError } from "../core/errors.js";
 import type { AssociateResult } from "../core/model.js";
 import type { CallOptions, Execution, OperationRun, Operations } from "../core/ports.js";
@@ -207,7 +207,7 @@ export function createOperations(options: OperationsOptions): Operations {
       outcome = failureOutcome(e);
       thrown = { error: e };
     } finally {
-      stop.abort();
+      stop.abort(STOPPED);
       await renewing;
     }
     // The idempotency record first: once the claim is gone, only it stops a second execution.

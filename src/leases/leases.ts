@@ -1,5 +1,5 @@
 import { randomUUID } from "node:crypto";
-import type { Clock } from "../core/clock.js";
+import { STOPPED, type Clock } from "../core/clock.js";
 import { keygateError } from "../core/errors.js";
 import type { CallOptions, LeaseHandle, Leases } from "../core/ports.js";
 import { backoffMs, guarded, pause, throwIfAborted } from "../core/call-wait.js";
@@ -131,7 +131,7 @@ export function createLeases(options: LeasesOptions): Leases {
     const lost = new AbortController();
     const stopped = new AbortController();
     let confirmedAt = clock.now();
-    const entry = { stop: () => stopped.abort() };
+    const entry = { stop: () => stopped.abort(STOPPED) };
     live.add(entry);
 
     const renewLoop = async () => {
@@ -169,7 +169,7 @@ export function createLeases(options: LeasesOptions): Leases {
       release() {
         // Never throws: a lease that could not be deleted runs out by its TTL.
         released ??= (async () => {
-          stopped.abort();
+          stopped.abort(STOPPED);
           live.delete(entry);
           await store.release(scope, ids, token).catch(() => undefined);
         })();

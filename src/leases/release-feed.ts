@@ -1,4 +1,4 @@
-import type { Clock } from "../core/clock.js";
+import { STOPPED, type Clock } from "../core/clock.js";
 import { Cluster } from "ioredis";
 import type { RedisClient } from "../store/redis.js";
 
@@ -47,9 +47,9 @@ export function createReleaseFeed(
     async wait(scope, ids, mark, ms, signal) {
       if ((versions.get(scope) ?? 0) !== mark) return;
       const stop = new AbortController();
-      const onAbort = () => stop.abort();
+      const onAbort = () => stop.abort(STOPPED);
       signal.addEventListener("abort", onAbort, { once: true });
-      const l: Listener = { ids: new Set(ids), wake: () => stop.abort() };
+      const l: Listener = { ids: new Set(ids), wake: () => stop.abort(STOPPED) };
       let set = listeners.get(scope);
       if (!set) listeners.set(scope, (set = new Set()));
       set.add(l);
@@ -111,7 +111,11 @@ function hubOf(client: RedisClient): Hub {
     }
   };
   const open = (): RedisClient => {
-    const s: RedisClient = client instanceof Cluster ? client.duplicate() : client.duplicate();
+    // A subscriber connection runs nothing but SUBSCRIBE: nothing to pipeline.
+    const s: RedisClient =
+      client instanceof Cluster
+        ? client.duplicate(undefined, { enableAutoPipelining: false })
+        : client.duplicate({ enableAutoPipelining: false });
     s.on("error", () => undefined); // the main client reports Redis trouble; here it only means "not live"
     s.on("ready", subscribeAll);
     s.on("close", () => subscribed.clear());

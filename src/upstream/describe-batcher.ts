@@ -18,7 +18,7 @@
  *   go straight to the metered describe; the instance cache batches those itself.
  */
 import { abortError } from "../core/call-wait.js";
-import type { Clock } from "../core/clock.js";
+import { STOPPED, type Clock } from "../core/clock.js";
 import { keygateError } from "../core/errors.js";
 import type { InstanceInfo } from "../core/model.js";
 import type { CallOptions } from "../core/ports.js";
@@ -200,7 +200,7 @@ export function createDescribeBatcher(options: DescribeBatcherOptions): MeteredD
       }
       answer
         .finally(() => {
-          timer.abort();
+          timer.abort(STOPPED);
           call.signal.removeEventListener("abort", onAbort);
         })
         .then(resolve, reject);
