@@ -67,8 +67,10 @@ process.stdout.write(`build: dist/ written (${copied} runtime files copied besid
  * modules and the packages they import into a few files, so a start reads a handful of files instead of
  * ~700 (start-up time: docs/decisions/deploy.md). Two builds:
  * - the CLI (dist/cli/main.js) with code splitting, so every lazily imported command stays a chunk of its
- *   own and `serve` never loads the emulator or the policy checker; the OpenTelemetry SDK stays an external
- *   package (loaded from node_modules only when tracing is configured);
+ *   own and `serve` never loads the emulator or the policy checker. OpenTelemetry stays external (loaded
+ *   from node_modules): the SDK only when tracing is configured, the small API always. The API must be one
+ *   copy shared with the SDK (a bundled copy hands out tracers the SDK never reaches), and bundled SDK
+ *   packages, being CommonJS imported with import(), would show esbuild only their default export;
  * - the policy parse worker (dist/policy/parse-worker.js) as one self-contained file, which isolated.js
  *   finds beside itself as `./parse-worker.js`.
  * Files read at run time through `new URL("<relative path>", import.meta.url)` (the Lua scripts, package.json)
@@ -138,6 +140,7 @@ async function bundle(out) {
     splitting: true,
     chunkNames: "[name]-[hash]",
     external: [
+      "@opentelemetry/api",
       "@opentelemetry/sdk-trace-node",
       "@opentelemetry/exporter-trace-otlp-http",
       "@opentelemetry/resources",
