@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
 # keygate container image: TypeScript is typechecked and compiled in the build stage; the runtime stage runs the
-# compiled dist/ with production dependencies only (no tsx, no esbuild, no TypeScript). See docs/decisions/deploy.md.
+# bundled dist/bundle/ with production dependencies only (no tsx, no esbuild, no TypeScript). See docs/decisions/deploy.md.
 #   docker build -t keygate:dev \
 #     --build-arg REVISION="$(git rev-parse HEAD)" --build-arg SOURCE=<URL of your keygate repository> .
 #   docker run --rm -p 8080:8080 -p 9090:9090 -e KEYGATE_POLICY_FILE=... keygate:dev           # keygate serve
@@ -21,7 +21,8 @@ RUN npm ci --ignore-scripts --no-audit --no-fund
 COPY tsconfig.json tsconfig.build.json ./
 COPY scripts/build.mjs ./scripts/build.mjs
 COPY src ./src
-# Typecheck src/ (src/gen included) on its own, then compile it and copy the Lua scripts next to their modules.
+# Typecheck src/ (src/gen included) on its own, then compile it, copy the Lua scripts next to their modules and
+# bundle the result with esbuild into dist/bundle/ (what the runtime stage carries).
 RUN npx tsc -p tsconfig.build.json --noEmit \
  && npm run build
 
@@ -53,14 +54,16 @@ RUN rm -rf /usr/local/lib/node_modules/npm /usr/local/lib/node_modules/corepack 
 COPY --from=deps /app/node_modules ./node_modules
 COPY package.json ./
 COPY bin ./bin
-COPY --from=build /app/dist ./dist
+# Only the bundle (dist/bundle/: a few files esbuild made from dist/ in the build stage); tsc's per-module output
+# stays behind. node_modules stays for the OpenTelemetry SDK, which the bundle loads from there when tracing is on.
+COPY --from=build /app/dist/bundle ./dist/bundle
 # A numeric, non-root user (Kubernetes can only verify runAsNonRoot against a numeric UID). It owns nothing
 # in the image and writes nothing at run time: compiled code needs no cache, so a read-only root filesystem
 # and a read-only temp directory both work.
 USER 10001:10001
 EXPOSE 8080 9090
 # Exec form: no shell at runtime, and SIGTERM reaches node directly so it can drain. bin/keygate.js runs
-# dist/cli/main.js, i.e. `keygate`. The V8 flags trade a little speed for idle memory (a 1 MB young generation,
+# dist/bundle/main.js, i.e. `keygate`. The V8 flags trade a little speed for idle memory (a 1 MB young generation,
 # size-optimised code, one V8 helper thread): about 15 MB less per replica, measured by `npm run bench:startup`
 # (docs/benchmarks.md, docs/decisions/deploy.md). deploy/ gives the same command.
 ENTRYPOINT ["node", "--max-semi-space-size=1", "--optimize-for-size", "--v8-pool-size=1", "bin/keygate.js"]

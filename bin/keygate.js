@@ -1,8 +1,8 @@
 #!/usr/bin/env node
-// The `keygate` command: runs the compiled CLI in dist/ (written by `npm run build`, which `npm start`, the test
-// suite and the image build run). Plain JavaScript, no tsx: production runs compiled code
+// The `keygate` command: runs the compiled, bundled CLI in dist/bundle/ (written by `npm run build`, which
+// `npm start`, the test suite and the image build run). Plain JavaScript, no tsx: production runs compiled code
 // (docs/decisions/deploy.md).
-const entry = new URL("../dist/cli/main.js", import.meta.url);
+const entry = new URL("../dist/bundle/main.js", import.meta.url);
 
 import(entry.href).catch((err) => {
   if (err?.code === "ERR_MODULE_NOT_FOUND" && String(err.message).includes(entry.pathname)) {

@@ -1,7 +1,8 @@
 /**
- * Production runs compiled JavaScript (docs/decisions/deploy.md): the `keygate` bin starts dist/ (built by
- * vitest's globalSetup, as `npm run build` does), loads neither tsx nor the emulator for `serve`, finds the
- * Redis scripts next to the compiled modules, and starts with a temp directory nobody can write to.
+ * Production runs compiled JavaScript (docs/decisions/deploy.md): the `keygate` bin starts the bundle in
+ * dist/bundle/ (built by vitest's globalSetup, as `npm run build` does: tsc to dist/, then esbuild), reads a
+ * handful of files and no package from node_modules for `serve`, loads neither tsx, esbuild nor the emulator,
+ * finds the Redis scripts the bundle relocated, and starts with a temp directory nobody can write to.
  */
 import { execFileSync } from "node:child_process";
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
@@ -17,7 +18,7 @@ import { HELP } from "../src/cli/commands.js";
 import { prewarmPolicyParser, validateIsolated } from "../src/policy/isolated.js";
 import type { Emulator } from "../src/upstream/emulator/index.js";
 import { startEmulator } from "./support/app.js";
-import { DIST_MAIN } from "./support/build.js";
+import { BUNDLE_DIR, BUNDLE_MAIN, DIST_MAIN } from "./support/build.js";
 import { TOKEN_A, TWO_TENANTS } from "./support/policies.js";
 import {
   cleanEnv,
@@ -137,7 +138,26 @@ describe("the build", () => {
     expect(expected.filter((f) => f.startsWith("gen/")).length).toBeGreaterThan(0);
     expect(expected.filter((f) => !dist.has(f))).toEqual([]);
   });
+
+  it("bundles the CLI and the parse worker, with every Lua script and package.json beside the bundle", () => {
+    expect(existsSync(BUNDLE_MAIN)).toBe(true);
+    expect(existsSync(join(BUNDLE_DIR, "parse-worker.js"))).toBe(true);
+    const assets = filesUnder(join(BUNDLE_DIR, "assets")).sort();
+    const lua = filesUnder(join(ROOT, "src")).filter((f) => f.endsWith(".lua"));
+    expect(assets).toEqual([...lua, "package.json"].sort());
+    // Every compiled module of the gateway went into some output file.
+    const manifest = bundleManifest();
+    const bundled = new Set(Object.values(manifest).flat());
+    for (const m of ["main.js", "cli/serve.js", "policy/parse-worker.js", "upstream/emulator/index.js"]) {
+      expect(bundled.has(m), m).toBe(true);
+    }
+  });
 });
+
+/** dist/bundle/manifest.json: output file (relative to dist/bundle/) → the compiled modules it carries. */
+function bundleManifest(): Record<string, string[]> {
+  return JSON.parse(readFileSync(join(BUNDLE_DIR, "manifest.json"), "utf8")) as Record<string, string[]>;
+}
 
 describe("bin/keygate.js runs the compiled code", () => {
   it("--help", async () => {
@@ -157,7 +177,7 @@ describe("bin/keygate.js runs the compiled code", () => {
     const { api } = await waitListening(child);
     await waitServing(api);
 
-    // A real call: the limiter, the leases and the operations run their Lua scripts from dist/.
+    // A real call: the limiter, the leases and the operations run their Lua scripts from dist/bundle/assets/.
     const client = createClient(
       KeyPairService,
       createConnectTransport({ baseUrl: `http://127.0.0.1:${api}`, httpVersion: "1.1" }),
@@ -169,15 +189,24 @@ describe("bin/keygate.js runs the compiled code", () => {
     expect(res.requestId).toMatch(/^[0-9a-f-]{36}$/);
     await stopWithSigterm(child);
 
-    const urls = readFileSync(moduleLog, "utf8").split("\n").filter(Boolean);
-    const ours = urls.filter((u) => u.startsWith(pathToFileURL(ROOT).href) && !u.includes("/node_modules/"));
-    expect(ours.length).toBeGreaterThan(20);
-    // Our modules come from bin/ and dist/ only: nothing is transpiled at run time.
-    expect(ours.filter((u) => !/\/(dist|bin)\/[^]*\.js$/.test(u))).toEqual([]);
-    expect(urls.filter((u) => /\/node_modules\/(tsx|esbuild|@esbuild)\//.test(u))).toEqual([]);
-    // `serve` has no use for the emulator, the demo policy or the policy checker.
+    const urls = [...new Set(readFileSync(moduleLog, "utf8").split("\n").filter(Boolean))];
+    const files = urls.filter((u) => u.startsWith("file:"));
+    // Every file comes from bin/ and the bundle (the main thread's and the parse worker's), except the
+    // OpenTelemetry API, which the build leaves external (scripts/build.mjs): no other package from
+    // node_modules (so neither tsx nor esbuild), no tsc output, nothing transpiled at run time.
+    const bundleUrl = `${pathToFileURL(BUNDLE_DIR).href}/`;
+    const fromBundle = files.filter((u) => u.startsWith(bundleUrl)).map((u) => u.slice(bundleUrl.length));
+    const others = files.filter((u) => !u.startsWith(bundleUrl) && u !== pathToFileURL(join(ROOT, BIN)).href);
+    expect(others.filter((u) => !u.includes("/node_modules/@opentelemetry/api/"))).toEqual([]);
+    expect(fromBundle).toContain("main.js");
+    expect(fromBundle).toContain("parse-worker.js");
+    expect(fromBundle.length).toBeLessThan(30);
+    // `serve` has no use for the emulator, the demo policy or the policy checker: no file it loaded carries them.
+    const manifest = bundleManifest();
+    const loaded = fromBundle.flatMap((f) => manifest[f] ?? []);
+    expect(loaded).toContain("cli/serve.js");
     expect(
-      ours.filter((u) => /\/dist\/(upstream\/emulator\/|policy\/demo|policy\/check-command)/.test(u)),
+      loaded.filter((m) => /^(upstream\/emulator\/|policy\/demo|policy\/check-command)/.test(m)),
     ).toEqual([]);
   }, 90_000);
 });

@@ -56,10 +56,11 @@ describe("Dockerfile stages", () => {
     expect(runs.some((l) => /npm run build\b/.test(l))).toBe(true);
   });
 
-  it("the runtime stage carries dist/ and production dependencies, never sources, tsx or esbuild", () => {
+  it("the runtime stage carries the bundle and production dependencies, never sources, tsx or esbuild", () => {
     const runtime = stage("runtime");
     const copies = runtime.filter((l) => l.startsWith("COPY "));
-    expect(copies).toContain("COPY --from=build /app/dist ./dist");
+    expect(copies).toContain("COPY --from=build /app/dist/bundle ./dist/bundle");
+    expect(copies.filter((l) => l.includes("/app/dist") && !l.includes("/app/dist/bundle "))).toEqual([]);
     expect(copies).toContain("COPY --from=deps /app/node_modules ./node_modules");
     expect(copies.filter((l) => /\b(src|test|bench|scripts|tsconfig[\w.]*)\b/.test(l))).toEqual([]);
     expect(runtime.join("\n")).not.toMatch(/tsx|esbuild|typescript/);

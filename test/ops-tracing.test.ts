@@ -1,7 +1,9 @@
 /**
  * OpenTelemetry tracing: off (the SDK not even loaded) without OTEL_* variables; with
  * OTEL_TRACES_EXPORTER=otlp a real `keygate serve` exports a span per call to an OTLP/HTTP
- * collector (here a plain HTTP server in the test).
+ * collector (here a plain HTTP server in the test). Both through tsx and through the bundle the bin runs
+ * (dist/bundle/, which leaves the SDK in node_modules and bundles the API: the two meet through the API's
+ * global registration).
  */
 import http from "node:http";
 import type { AddressInfo } from "node:net";
@@ -77,12 +79,18 @@ afterAll(async () => {
   rmSync(dir, { recursive: true, force: true });
 });
 
+/** How `keygate` is started: node's arguments before `serve`. */
+const ENTRIES: [string, string[]][] = [
+  ["tsx", ["--import", "tsx", "src/cli/main.ts"]],
+  ["the bundle", ["bin/keygate.js"]],
+];
+
 /** `keygate serve` with the resolve hook; `sdkLog` lists the SDK modules it loaded. */
-async function serve(otel: Record<string, string>) {
+async function serve(entry: string[], otel: Record<string, string>) {
   const sdkLog = join(dir, `sdk-${Date.now()}.log`);
   const child = spawnChild(
     process.execPath,
-    ["--import", "tsx", "--import", hookRegister, "src/cli/main.ts", "serve"],
+    ["--import", hookRegister, ...entry, "serve"],
     serveEnv(policyFile, emulator.url, {
       KEYGATE_DRAIN_MS: "2000",
       KEYGATE_TEST_SDK_LOG: sdkLog,
@@ -113,10 +121,10 @@ describe("startTracing", () => {
   });
 });
 
-describe("keygate serve and OpenTelemetry", () => {
+describe.each(ENTRIES)("keygate serve (%s) and OpenTelemetry", (_name, entry) => {
   it("loads no SDK module and exports nothing when tracing is off", async () => {
     const before = exports.length;
-    const { child, client, sdkModules } = await serve({});
+    const { child, client, sdkModules } = await serve(entry, {});
     const res = await client.associateKeyPairs(call, { headers: { authorization: `Bearer ${TOKEN}` } });
     expect(res.requestId).not.toBe("");
     child.signal("SIGTERM");
@@ -127,7 +135,7 @@ describe("keygate serve and OpenTelemetry", () => {
 
   it("exports the call's span over OTLP/HTTP when OTEL_TRACES_EXPORTER=otlp", async () => {
     const before = exports.length;
-    const { child, client, sdkModules } = await serve({
+    const { child, client, sdkModules } = await serve(entry, {
       OTEL_TRACES_EXPORTER: "otlp",
       OTEL_EXPORTER_OTLP_ENDPOINT: collectorUrl,
       OTEL_SERVICE_NAME: "keygate-under-test",

@@ -18,19 +18,24 @@ type Command = (...args: (string | number)[]) => Promise<unknown>;
 export function createRedisOperationStore(options: { client: RedisClient; clock?: Clock }): OperationStore {
   const { client } = options;
   const releases = createRedisReleaseFeed(client, options.clock ?? systemClock, () => OPS_CHANNEL);
-  const script = (name: string, file: string): Command => {
-    defineScript(client, name, new URL(file, import.meta.url));
+  // Each script's URL is spelled out with a literal file name so that the bundling step of the build
+  // (scripts/build.mjs) can see it and relocate the file.
+  const script = (name: string, file: URL): Command => {
+    defineScript(client, name, file);
     const fn = (client as unknown as Record<string, Command>)[name];
     if (typeof fn !== "function") throw new Error(`Redis command ${name} was not registered`);
     return (...args) => fn.apply(client, args);
   };
-  const begin = script("keygateBeginIdempotent", "./begin-idempotent-1.lua");
-  const complete = script("keygateCompleteIdempotent", "./complete-idempotent-1.lua");
-  const abandon = script("keygateAbandonIdempotent", "./abandon-idempotent-1.lua");
-  const claim = script("keygateClaimOperation", "./claim-operation-2.lua");
-  const renew = script("keygateRenewClaim", "./renew-claim-1.lua");
-  const mark = script("keygateMarkOperation", "./mark-operation-2.lua");
-  const finish = script("keygateFinishOperation", "./finish-operation-3.lua");
+  const begin = script("keygateBeginIdempotent", new URL("./begin-idempotent-1.lua", import.meta.url));
+  const complete = script(
+    "keygateCompleteIdempotent",
+    new URL("./complete-idempotent-1.lua", import.meta.url),
+  );
+  const abandon = script("keygateAbandonIdempotent", new URL("./abandon-idempotent-1.lua", import.meta.url));
+  const claim = script("keygateClaimOperation", new URL("./claim-operation-2.lua", import.meta.url));
+  const renew = script("keygateRenewClaim", new URL("./renew-claim-1.lua", import.meta.url));
+  const mark = script("keygateMarkOperation", new URL("./mark-operation-2.lua", import.meta.url));
+  const finish = script("keygateFinishOperation", new URL("./finish-operation-3.lua", import.meta.url));
 
   return {
     releases,

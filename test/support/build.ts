@@ -11,8 +11,11 @@ import { fileURLToPath } from "node:url";
 const ROOT = fileURLToPath(new URL("../..", import.meta.url));
 /** Written last by scripts/build.mjs: its time is the build's. */
 export const BUILT_MARK = join(ROOT, "dist", ".built");
-/** The compiled `keygate` entry point the bin runs. */
+/** The compiled `keygate` entry point (tsc's output, one file per module). */
 export const DIST_MAIN = join(ROOT, "dist", "cli", "main.js");
+/** The bundle made from it, which the bin and the image run (scripts/build.mjs). */
+export const BUNDLE_DIR = join(ROOT, "dist", "bundle");
+export const BUNDLE_MAIN = join(BUNDLE_DIR, "main.js");
 
 function newestMtime(path: string): number {
   const st = statSync(path);
@@ -24,7 +27,7 @@ function newestMtime(path: string): number {
 
 /** True when dist/ exists and is newer than src/, the build script and the compiler settings. */
 export function isBuildFresh(): boolean {
-  if (!existsSync(BUILT_MARK) || !existsSync(DIST_MAIN)) return false;
+  if (!existsSync(BUILT_MARK) || !existsSync(DIST_MAIN) || !existsSync(BUNDLE_MAIN)) return false;
   const inputs = ["src", "scripts/build.mjs", "tsconfig.json", "tsconfig.build.json", "package.json"];
   const newestInput = Math.max(...inputs.map((p) => newestMtime(join(ROOT, p))));
   return statSync(BUILT_MARK).mtimeMs >= newestInput;
