@@ -10,7 +10,7 @@ import { createHealth } from "./api/health.js";
 import { createKeyPairServiceImpl } from "./api/keypair-service.js";
 import { createStoreBackends } from "./backends.js";
 import type { Settings } from "./config/settings.js";
-import { ASSOCIATE_ACTION, bucketsOf, DESCRIBE_ACTION } from "./core/actions.js";
+import { ASSOCIATE_ACTION, bucketsOf, DESCRIBE_ACTION, WARM_UP_INSTANCE_ID } from "./core/actions.js";
 import { createAssociateService } from "./core/associate-service.js";
 import { type Clock, systemClock } from "./core/clock.js";
 import { armCrashPoint } from "./core/crash-point.js";
@@ -341,8 +341,6 @@ export class StartupError extends Error {
 
 /** How long start() waits for the warm-up before returning (readiness stays NOT_SERVING until warm). */
 const WARM_WAIT_MS = 10_000;
-/** A well-formed id that names no instance: the cloud answers an empty set, cheaply. */
-const WARM_INSTANCE_ID = "ins-00000000";
 const WARM_REGION = "ap-guangzhou";
 /** Warm-up calls: the first must be answered; the rest seed the adaptive margin (margin.ts). */
 const WARM_ROUND_TRIPS = 5;
@@ -362,10 +360,10 @@ async function warmUp(
 ): Promise<boolean> {
   for (let attempt = 0; !signal.aborted; attempt++) {
     try {
-      await describe(WARM_REGION, [WARM_INSTANCE_ID], { signal, deadline: clock.now() + 10_000 });
+      await describe(WARM_REGION, [WARM_UP_INSTANCE_ID], { signal, deadline: clock.now() + 10_000 });
       // A few more round trips (best effort) so the adaptive margin starts from this path's jitter.
       for (let i = 1; i < WARM_ROUND_TRIPS && !signal.aborted; i++) {
-        await describe(WARM_REGION, [WARM_INSTANCE_ID], { signal, deadline: clock.now() + 2_000 }).catch(
+        await describe(WARM_REGION, [WARM_UP_INSTANCE_ID], { signal, deadline: clock.now() + 2_000 }).catch(
           () => undefined,
         );
       }

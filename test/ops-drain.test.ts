@@ -155,7 +155,13 @@ describe("SIGTERM drains keygate serve", () => {
   });
 
   it("answers callers still queued for a token UNAVAILABLE/SHUTTING_DOWN before the process exits", async () => {
-    const { child, url } = await serve({ KEYGATE_RATE_LIMIT: "1", KEYGATE_DRAIN_MS: "3000" });
+    // One cloud call per request (KEYGATE_BATCH=off): with merging, the first calls would carry
+    // every waiting request and nobody would still be queued for a token.
+    const { child, url } = await serve({
+      KEYGATE_RATE_LIMIT: "1",
+      KEYGATE_DRAIN_MS: "3000",
+      KEYGATE_BATCH: "off",
+    });
     const client = createClient(KeyPairService, createGrpcTransport({ baseUrl: url }));
     // Distinct instances, so leases never serialise them: only the 1/s limiter makes them queue.
     const targets: [string, string][] = [

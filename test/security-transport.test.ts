@@ -13,6 +13,7 @@ import { create, toBinary } from "@bufbuild/protobuf";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { AssociateKeyPairsRequestSchema } from "../src/gen/keygate/v1/keygate_pb.js";
 import type { Emulator } from "../src/upstream/emulator/index.js";
+import { withoutWarmUp } from "./support/fleet.js";
 import { startEmulator } from "./support/app.js";
 import {
   connectStatus,
@@ -78,7 +79,7 @@ afterAll(async () => {
   if (dir) rmSync(dir, { recursive: true, force: true });
 });
 
-const cloudCalls = () => emulator.stats.arrivals.length;
+const cloudCalls = () => withoutWarmUp(emulator.stats.arrivals).length;
 const audits = () => child.logs().filter((l) => l.audit === true);
 
 /** The row's common ending: alive, healthy, memory bounded, the cloud untouched (or as expected). */

@@ -77,7 +77,8 @@ describe("merged task watching", () => {
     );
     expect(started.every((r) => r.requestId !== "")).toBe(true);
     const applies = emulator.stats.applies;
-    expect(applies).toHaveLength(CALLERS);
+    // The 30 calls may share cloud calls (batching): what counts is that every instance got its task.
+    expect(new Set(applies.flatMap((a) => a.instanceIds)).size).toBe(CALLERS * PER_CALLER);
     const lastSend = Math.max(...applies.map((a) => a.at));
     const firstEnd = Math.min(...applies.map((a) => a.at)) + TASK_MS;
 

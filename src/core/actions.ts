@@ -41,3 +41,9 @@ export function actionOfBucket(
   if (bucketKey === buckets.describe.key) return DESCRIBE_ACTION;
   return undefined;
 }
+
+/**
+ * The well-formed id that names no instance, which each replica's warm-up DescribeInstances asks
+ * for before it reports SERVING (src/main.ts, "ready means warm"): the cloud answers an empty set.
+ */
+export const WARM_UP_INSTANCE_ID = "ins-00000000";

@@ -4,7 +4,8 @@
  * and the figures read from the emulator's arrival log.
  */
 import { createHash } from "node:crypto";
-import type { InstanceSpec, InventorySpec } from "../../src/upstream/emulator/index.js";
+import { WARM_UP_INSTANCE_ID } from "../../src/core/actions.js";
+import type { Arrival, InstanceSpec, InventorySpec } from "../../src/upstream/emulator/index.js";
 import { maxInSlidingWindow } from "../../src/upstream/emulator/index.js";
 
 export const ASSOCIATE = "AssociateInstancesKeyPairs";
@@ -156,3 +157,12 @@ export function stallMeter(tickMs = 10, graceMs = 15) {
     },
   };
 }
+
+/** A replica's warm-up DescribeInstances ("ready means warm", src/main.ts): no caller's doing. */
+export const isWarmUp = (a: Pick<Arrival, "action" | "instanceIds">): boolean =>
+  a.action === "DescribeInstances" && a.instanceIds.length === 1 && a.instanceIds[0] === WARM_UP_INSTANCE_ID;
+
+/** The arrivals a test reasons about: every one but the replicas' warm-up calls. */
+export const withoutWarmUp = <T extends Pick<Arrival, "action" | "instanceIds">>(
+  arrivals: readonly T[],
+): T[] => arrivals.filter((a) => !isWarmUp(a));

@@ -447,6 +447,7 @@ export async function createEmulator(options: EmulatorOptions = {}): Promise<Emu
       host: header(req, "host"),
       service: parseAuthorization(header(req, "authorization"))?.service ?? "",
       requestId,
+      instanceIds: body ? instanceIdsOf(body) : [],
       outcome: "PENDING",
     });
     if (!body) {

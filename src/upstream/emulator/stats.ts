@@ -13,6 +13,8 @@ export interface Arrival {
   /** Service named in the credential scope ("" when unparseable). */
   service: string;
   requestId: string;
+  /** The InstanceIds the request named (best effort: none when the body was not JSON). */
+  instanceIds: string[];
   /** "OK", an API error code, or the transport fault ("HTTP500", "HANG", …); "PENDING" until answered. */
   outcome: string;
 }
