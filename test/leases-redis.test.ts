@@ -31,10 +31,10 @@ describe("Redis leases", () => {
       owner: "replica-1",
     });
     const key = `keygate:{${scope}}:lease:ins-0000000a`;
-    // "<expiresAt by Redis TIME>/<fence>:<owner>"; the key outlives the lease so that an expired
-    // lease can be told from a released one.
+    // "<expiresAt by Redis TIME>/<fence>:<owner>#<acquisition id>"; the key outlives the lease so
+    // that an expired lease can be told from a released one.
     const [expiresAt, token] = (await client.get(key))?.split("/") ?? [];
-    expect(token).toBe(`${h.fence}:replica-1`);
+    expect(token).toMatch(new RegExp(`^${h.fence}:replica-1#[0-9a-f-]{36}$`));
     const [sec = "0", micro = "0"] = await client.time();
     const left = Number(expiresAt) - (Number(sec) * 1000 + Math.floor(Number(micro) / 1000));
     expect(left).toBeGreaterThan(0);
@@ -45,6 +45,29 @@ describe("Redis leases", () => {
     expect(await client.get(`keygate:{${scope}}:lease-fence`)).toBe(String(h.fence));
     await h.release();
     expect(await client.exists(key, `keygate:{${scope}}:lease:ins-0000000b`)).toBe(0);
+    await leases.close();
+  });
+
+  it("after Redis lost its data, a lease from before cannot free or stretch a new call's lease (same fence)", async () => {
+    const client = await connectedClient();
+    const leases = leasesOn(redisBackend(client), { clock: systemClock, ttlMs: 30_000 });
+    const scope = randomUUID();
+    const before = await leases.acquire(scope, ["ins-00000001"], { ...call(), owner: "replica-1" });
+    // Redis restarted empty: the fence counter starts again, so the next lease gets the same fence.
+    await client.flushall();
+    const after = await leases.acquire(scope, ["ins-00000001"], { ...call(), owner: "replica-1" });
+    expect(after.fence).toBe(before.fence);
+    // The old holder (e.g. a task watch from before the restart) lets go: the new lease stays.
+    await before.release();
+    const key = `keygate:{${scope}}:lease:ins-00000001`;
+    expect(await client.exists(key)).toBe(1);
+    const third = await leases
+      .acquire(scope, ["ins-00000001"], { ...call(300), owner: "replica-2" })
+      .catch((e: unknown) => e);
+    expect(isKeygateError(third) && third.reason).toBe("INSTANCE_BUSY");
+    expect(after.lost.aborted).toBe(false);
+    await after.release();
+    expect(await client.exists(key)).toBe(0);
     await leases.close();
   });
 

@@ -8,7 +8,8 @@
   KEYS[2..n+1]     lease keys (keygate:{scope}:lease:<instanceId>)
   KEYS[n+2..2n+1]  reservation keys (keygate:{scope}:lease-queue:<instanceId>), same order
                    (all keys share the {scope} hash tag)
-  ARGV[1]          owner (replica name)
+  ARGV[1]          holder (replica name and the acquisition's id: unique, so that a token never
+                   repeats, even after Redis restarted empty and the fence counter with it)
   ARGV[2]          lease TTL in milliseconds
   ARGV[3]          waiter's start time (ms)
   ARGV[4]          waiter id (unique per acquire call)

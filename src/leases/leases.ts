@@ -71,6 +71,10 @@ export function createLeases(options: LeasesOptions): Leases {
     const since = clock.now();
     const giveUpAt = Math.min(opts.deadline ?? Infinity, since + maxWaitMs);
     const waiterId = randomUUID();
+    // The holder names this acquisition, not just the replica: the token "<fence>:<holder>" must
+    // never repeat, even when Redis restarts empty and its fence counter starts again (a task
+    // watch from before the restart would otherwise release or renew a new call's lease).
+    const holder = `${opts.owner}#${waiterId}`;
     let reserved: Waiter | undefined;
     let counted = false;
     try {
@@ -80,9 +84,9 @@ export function createLeases(options: LeasesOptions): Leases {
         if (waiter.reserve) reserved = waiter;
         const mark = feed?.mark(scope) ?? 0;
         const r = await guarded("acquire leases", () =>
-          store.tryAcquire(scope, ids, opts.owner, ttlMs, waiter),
+          store.tryAcquire(scope, ids, holder, ttlMs, waiter),
         );
-        if (r.ok) return hold(scope, ids, leaseToken(r.fence, opts.owner), r.fence, r.tookOver);
+        if (r.ok) return hold(scope, ids, leaseToken(r.fence, holder), r.fence, r.tookOver);
         const left = giveUpAt - clock.now();
         const busy = (why: string) =>
           keygateError(
