@@ -83,9 +83,7 @@ export function createLeases(options: LeasesOptions): Leases {
         const waiter = { since, id: waiterId, reserve: clock.now() - since >= fairAfterMs, reserveMs };
         if (waiter.reserve) reserved = waiter;
         const mark = feed?.mark(scope) ?? 0;
-        const r = await guarded("acquire leases", () =>
-          store.tryAcquire(scope, ids, holder, ttlMs, waiter),
-        );
+        const r = await guarded("acquire leases", () => store.tryAcquire(scope, ids, holder, ttlMs, waiter));
         if (r.ok) return hold(scope, ids, leaseToken(r.fence, holder), r.fence, r.tookOver);
         const left = giveUpAt - clock.now();
         const busy = (why: string) =>
