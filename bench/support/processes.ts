@@ -1,7 +1,7 @@
 /**
- * Child processes for benchmarks: the CVM emulator and keygate replicas, each started with
- * `node --import tsx src/cli/main.ts …` (not npx: killing npx leaves its child running) and
- * stopped by its own PID. Loopback only.
+ * Child processes for benchmarks: the CVM emulator and keygate replicas, each started as
+ * production runs it, `node bin/keygate.js …` on the compiled bundle (built first when stale; not
+ * npx: killing npx leaves its child running), and stopped by its own PID. Loopback only.
  */
 import { type ChildProcess, spawn } from "node:child_process";
 import { fileURLToPath } from "node:url";
@@ -9,11 +9,13 @@ import { createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { Health, HealthCheckResponse_ServingStatus } from "../../src/gen/health/v1/health_pb.js";
 import type { Apply, Arrival, FaultSettings, InstanceCounts } from "../../src/upstream/emulator/index.js";
+import { ensureBuilt } from "../../test/support/build.js";
 import { freePort } from "../../test/support/redis-server.js";
 import { pollUntil } from "../../test/support/wait.js";
 
 const ROOT = fileURLToPath(new URL("../..", import.meta.url));
-const CLI = "src/cli/main.ts";
+const CLI = "bin/keygate.js";
+ensureBuilt();
 
 export interface Child {
   pid: number;
@@ -35,7 +37,7 @@ const profDir = process.env.BENCH_CPU_PROF_DIR;
 const profArgs = profDir ? ["--cpu-prof", `--cpu-prof-dir=${profDir}`] : [];
 
 function launch(args: string[], env: Record<string, string>, port: number, metricsPort = 0): Child {
-  const child: ChildProcess = spawn(process.execPath, [...profArgs, "--import", "tsx", CLI, ...args], {
+  const child: ChildProcess = spawn(process.execPath, [...profArgs, CLI, ...args], {
     cwd: ROOT,
     env: { PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? "", ...env },
     stdio: ["ignore", "ignore", "pipe"],
