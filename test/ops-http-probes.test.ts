@@ -3,7 +3,6 @@
  * when the API port speaks only TLS, and the same readiness the gRPC health service reports
  * (a Redis outage makes both NOT ready, with the reason in /readyz's body).
  */
-import { execFileSync } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -12,6 +11,7 @@ import { createGrpcTransport } from "@connectrpc/connect-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Health, HealthCheckResponse_ServingStatus as Status } from "../src/gen/health/v1/health_pb.js";
 import type { Emulator } from "../src/upstream/emulator/index.js";
+import { selfSignedCertificate } from "./support/tls.js";
 import { startEmulator, startGateway, type TestGateway } from "./support/app.js";
 import { opsPolicy } from "./support/policies.js";
 import { type RedisProcess, startRedis } from "./support/redis-server.js";
@@ -95,27 +95,7 @@ describe("with Redis as the shared store", () => {
 
 describe("with TLS on the API port", () => {
   it("still answers plain HTTP on the metrics port, where a gRPC probe in plain text would fail", async () => {
-    execFileSync(
-      "openssl",
-      [
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        join(dir, "server.key"),
-        "-out",
-        join(dir, "server.crt"),
-        "-days",
-        "2",
-        "-subj",
-        "/CN=localhost",
-        "-addext",
-        "subjectAltName=IP:127.0.0.1",
-      ],
-      { stdio: "ignore" },
-    );
+    selfSignedCertificate(dir, "server", "localhost", "IP:127.0.0.1");
     const gw = await startGateway({
       emulator,
       policyText: opsPolicy("probe-token-0123456789"),

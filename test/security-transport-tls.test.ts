@@ -3,7 +3,6 @@
  * server, not the plain-text peeking front, so its timeouts and the rapid-reset cut take other
  * paths (handshake timeout, Node's HTTP/1.1 tracking, the session-level reset count).
  */
-import { execFileSync } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import https from "node:https";
 import net from "node:net";
@@ -16,6 +15,7 @@ import { withoutWarmUp } from "./support/fleet.js";
 import { startEmulator } from "./support/app.js";
 import { H2_PREFACE, headersFrame, rstFrame, SETTINGS_EMPTY, watchRss } from "./support/hostile.js";
 import { sha256 } from "./support/policies.js";
+import { selfSignedCertificate } from "./support/tls.js";
 import { type Child, killStrays, serveEnv, spawnKeygate, waitListening } from "./support/process.js";
 import { pollUntil } from "./support/wait.js";
 
@@ -28,27 +28,7 @@ let ca: Buffer;
 
 beforeAll(async () => {
   dir = mkdtempSync(join(tmpdir(), "keygate-transport-tls-"));
-  execFileSync(
-    "openssl",
-    [
-      "req",
-      "-x509",
-      "-newkey",
-      "rsa:2048",
-      "-nodes",
-      "-keyout",
-      join(dir, "server.key"),
-      "-out",
-      join(dir, "server.crt"),
-      "-days",
-      "2",
-      "-subj",
-      "/CN=localhost",
-      "-addext",
-      "subjectAltName=IP:127.0.0.1",
-    ],
-    { stdio: "ignore" },
-  );
+  selfSignedCertificate(dir, "server", "localhost", "IP:127.0.0.1");
   ca = readFileSync(join(dir, "server.crt"));
   writeFileSync(
     join(dir, "policy.yaml"),

@@ -4,7 +4,6 @@
  * emulator; for the https case a TLS front with a certificate for cvm.tencentcloudapi.com stands
  * in for the cloud, trusted through NODE_EXTRA_CA_CERTS as an operator's private CA would be.
  */
-import { execFileSync } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import http from "node:http";
 import https from "node:https";
@@ -20,6 +19,7 @@ import type { Emulator } from "../src/upstream/emulator/index.js";
 import { isKeygateError } from "../src/core/errors.js";
 import { bypassesProxy } from "../src/upstream/proxy.js";
 import { createTencentUpstream } from "../src/upstream/tencent-upstream.js";
+import { selfSignedCertificate } from "./support/tls.js";
 import { startEmulator, startGateway } from "./support/app.js";
 import { TOKEN_A, TWO_TENANTS } from "./support/policies.js";
 import { killStrays, serveEnv, spawnKeygate, waitListening } from "./support/process.js";
@@ -205,27 +205,7 @@ describe("a proxy that refuses", () => {
 
 describe("HTTPS_PROXY for the cloud itself", () => {
   it("keygate serve tunnels to cvm.tencentcloudapi.com:443 with CONNECT, TLS checked inside", async () => {
-    execFileSync(
-      "openssl",
-      [
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        join(dir, "cloud.key"),
-        "-out",
-        join(dir, "cloud.crt"),
-        "-days",
-        "2",
-        "-subj",
-        "/CN=cvm.tencentcloudapi.com",
-        "-addext",
-        "subjectAltName=DNS:cvm.tencentcloudapi.com",
-      ],
-      { stdio: "ignore" },
-    );
+    selfSignedCertificate(dir, "cloud", "cvm.tencentcloudapi.com", "DNS:cvm.tencentcloudapi.com");
     // The "cloud": TLS for cvm.tencentcloudapi.com in front of the emulator.
     const emu = new URL(emulator.url);
     let sni: string | undefined;
