@@ -14,6 +14,7 @@ import { ASSOCIATE_ACTION, bucketsOf, DESCRIBE_ACTION, WARM_UP_INSTANCE_ID } fro
 import { createAssociateService } from "./core/associate-service.js";
 import { type Clock, systemClock } from "./core/clock.js";
 import { armCrashPoint } from "./core/crash-point.js";
+import { isKeygateError } from "./core/errors.js";
 import { neverSuspect } from "./core/ports.js";
 import { createTaskWatcher } from "./leases/task-watcher.js";
 import { DEFAULT_BOOK_AHEAD_MS } from "./limiter/limiter.js";
@@ -28,10 +29,8 @@ import { createInstanceCache } from "./policy/instance-cache.js";
 import { createPolicySource, createStaticPolicySource } from "./policy/source.js";
 import { openSharedStore } from "./store/shared-store.js";
 import { createDescribeBatcher } from "./upstream/describe-batcher.js";
-import { createMeteredDescribe } from "./upstream/metered-describe.js";
+import { createMeteredDescribe, type MeteredDescribe } from "./upstream/metered-describe.js";
 import { cloudProxy } from "./upstream/proxy.js";
-import { type MeteredDescribe } from "./upstream/metered-describe.js";
-import { isKeygateError } from "./core/errors.js";
 import {
   createCredentialProvider,
   credentialIdentity,

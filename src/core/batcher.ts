@@ -3,7 +3,15 @@ import { classify } from "./cloud-errors.js";
 import { crashPoint } from "./crash-point.js";
 import { isKeygateError, keygateError, type KeygateError } from "./errors.js";
 import type { AssociateInput } from "./model.js";
-import type { BucketSpec, CallOptions, Grant, RateLimiter, Tenant, Upstream } from "./ports.js";
+import {
+  type BucketSpec,
+  type CallOptions,
+  type Grant,
+  pastSendBy,
+  type RateLimiter,
+  type Tenant,
+  type Upstream,
+} from "./ports.js";
 
 /**
  * Carries the attempts of many callers in one AssociateInstancesKeyPairs call when they wait for a
@@ -260,7 +268,7 @@ export function createBatcher(opts: BatcherOptions): Batcher {
    * them (the grant travels with the call in its options). Undefined = too late, nothing sent.
    */
   function sendWithGrant(grant: Grant, pick: () => Member[]): InFlight | undefined {
-    if (grant.sendBy !== undefined && clock.now() > grant.sendBy) {
+    if (pastSendBy(grant, clock.now())) {
       grant.notSent?.(clock.now());
       return undefined;
     }

@@ -76,6 +76,10 @@ export interface Grant {
   notSent?(at: number): void;
 }
 
+/** Whether a request sent at `now` on `grant` would leave later than the grant allows. */
+export const pastSendBy = (grant: Grant, now: number): boolean =>
+  grant.sendBy !== undefined && now > grant.sendBy;
+
 /**
  * The cluster-wide limiter. `acquire` resolves when one upstream call may be sent now, or
  * throws KeygateError RATE_LIMITED (with retryAfterMs, no token spent) / STORE_UNAVAILABLE.

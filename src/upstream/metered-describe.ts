@@ -10,7 +10,15 @@
 import type { Clock } from "../core/clock.js";
 import { isKeygateError, keygateError, type KeygateError } from "../core/errors.js";
 import type { InstanceInfo } from "../core/model.js";
-import type { BucketSpec, CallOptions, Grant, RateLimiter, Tenant, Upstream } from "../core/ports.js";
+import {
+  type BucketSpec,
+  type CallOptions,
+  type Grant,
+  pastSendBy,
+  type RateLimiter,
+  type Tenant,
+  type Upstream,
+} from "../core/ports.js";
 import { isRateLimitedUpstream, isTransientUpstream } from "../core/cloud-errors.js";
 
 /** Who a describe is for: a tenant's policy lookup, or keygate's own task polling (undefined). */
@@ -85,7 +93,7 @@ export function createMeteredDescribe(options: MeteredDescribeOptions): LazyMete
         signal: call.signal,
         deadline: call.deadline,
       });
-      if (grant.sendBy === undefined || clock.now() <= grant.sendBy) return grant;
+      if (!pastSendBy(grant, clock.now())) return grant;
       grant.notSent?.(clock.now());
       hooks.late?.();
     }

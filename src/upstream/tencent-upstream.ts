@@ -2,7 +2,7 @@ import tencentcloud from "tencentcloud-sdk-nodejs-cvm";
 import { systemClock, type Clock } from "../core/clock.js";
 import { keygateError, Reason } from "../core/errors.js";
 import type { AssociateInput } from "../core/model.js";
-import type { CallOptions, Upstream, UpstreamSendOptions } from "../core/ports.js";
+import { type CallOptions, pastSendBy, type Upstream, type UpstreamSendOptions } from "../core/ports.js";
 import type { CloudCredential, CredentialProvider } from "./credentials.js";
 import { parseInstanceSet } from "./parse-instances.js";
 import type { ProxySettings } from "./proxy.js";
@@ -167,7 +167,7 @@ export function createTencentUpstream(options: TencentUpstreamOptions): TencentU
     const gate = {
       pass: (): boolean => {
         const now = clock.now();
-        if (grant?.sendBy !== undefined && now > grant.sendBy) {
+        if (grant && pastSendBy(grant, now)) {
           tooLateAt = now;
           return false;
         }
