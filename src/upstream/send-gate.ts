@@ -1,13 +1,18 @@
 /**
  * The last lateness check, at the moment a request is handed its socket (docs/decisions/limiter.md,
- * "The last check is at the socket"). The adapter runs each SDK call inside a `SendGate` context;
- * the agent it gives the SDK sees every request it creates (`addRequest`), and at the request's
+ * "The last check is at the socket"). The adapter opens a gate for each SDK call and hands the SDK
+ * one extra request header naming it; the agent it gives the SDK sees every request it creates
+ * (`addRequest`, before anything is written), takes the header off again and, at the request's
  * `socket` event — after the SDK has signed and serialised it, before Node writes the headers —
  * asks the gate whether it may still leave. A fresh connection is corked until it is connected
  * (or its TLS handshake is done) and asked again then, as nothing reaches the wire before.
  * A request the gate refuses is destroyed with nothing written.
+ *
+ * A header, not AsyncLocalStorage: an AsyncLocalStorage in use turns on promise hooks for the whole
+ * process, which cost every request keygate serves about a tenth of its CPU (docs/benchmarks.md,
+ * "Where a replica's CPU goes"). The header is not signed (TC3 signs content-type and host only) and
+ * never reaches the wire.
  */
-import { AsyncLocalStorage } from "node:async_hooks";
 import type { Agent as HttpAgent, ClientRequest } from "node:http";
 import type { Socket } from "node:net";
 import { TLSSocket } from "node:tls";
@@ -26,12 +31,8 @@ export class SendTooLateError extends Error {
   }
 }
 
-const gates = new AsyncLocalStorage<SendGate>();
-
-/** Runs `f` (one SDK call) so that requests it creates pass `gate` before they are written. */
-export function withSendGate<T>(gate: SendGate, f: () => Promise<T>): Promise<T> {
-  return gates.run(gate, f);
-}
+/** The request header that carries a gate's name from the SDK call to the agent. */
+export const GATE_HEADER = "x-keygate-send-gate";
 
 /** The part of Node's Agent the gate hooks into (public in Node, untyped in @types/node). */
 interface AgentInternals {
@@ -54,14 +55,39 @@ function watch(req: ClientRequest, gate: SendGate): void {
   });
 }
 
-/** Makes `agent` ask the current gate (if any) before each request it carries is written. */
-export function gateAgent<A extends HttpAgent>(agent: A): A {
+export interface GatedAgent<A> {
+  agent: A;
+  /**
+   * Opens `gate` for one SDK call: pass the returned headers with the call's request, and call
+   * `close` when the call has ended.
+   */
+  open(gate: SendGate): { headers: Record<string, string>; close(): void };
+  /** Gates open now (0 when no call is in flight; for tests). */
+  openCount(): number;
+}
+
+/** Makes `agent` ask the gate a request names (if any) before the request is written. */
+export function gateAgent<A extends HttpAgent>(agent: A): GatedAgent<A> {
+  const open = new Map<string, SendGate>();
+  let next = 0;
   const internals = agent as unknown as AgentInternals;
   const inner = internals.addRequest.bind(agent);
   internals.addRequest = (req, options) => {
-    const gate = gates.getStore();
-    if (gate) watch(req, gate);
+    const name = req.getHeader(GATE_HEADER);
+    if (name !== undefined) {
+      req.removeHeader(GATE_HEADER);
+      const gate = open.get(String(name));
+      if (gate) watch(req, gate);
+    }
     inner(req, options);
   };
-  return agent;
+  return {
+    agent,
+    open(gate) {
+      const name = (next = (next + 1) % Number.MAX_SAFE_INTEGER).toString(36);
+      open.set(name, gate);
+      return { headers: { [GATE_HEADER]: name }, close: () => open.delete(name) };
+    },
+    openCount: () => open.size,
+  };
 }

@@ -7,7 +7,7 @@ import type { CloudCredential, CredentialProvider } from "./credentials.js";
 import { parseInstanceSet } from "./parse-instances.js";
 import type { ProxySettings } from "./proxy.js";
 import { createUpstreamRoute } from "./redirect-agent.js";
-import { gateAgent, withSendGate } from "./send-gate.js";
+import { gateAgent } from "./send-gate.js";
 import { CREDENTIAL_FAILURE_PREFIX, redactSecrets, toKeygateError, type LocalAbort } from "./sdk-errors.js";
 
 export {
@@ -71,7 +71,8 @@ export function createTencentUpstream(options: TencentUpstreamOptions): TencentU
     options.proxy && { settings: options.proxy, endpoint },
   );
   // Every request the SDK makes passes the send gate of its call at the socket (send-gate.ts).
-  const agent = gateAgent(route.agent);
+  const gated = gateAgent(route.agent);
+  const agent = gated.agent;
   const source = options.credential;
   // Secrets handed to the SDK recently, scrubbed from any error text (G6).
   const secrets = new Set<string>();
@@ -176,10 +177,12 @@ export function createTencentUpstream(options: TencentUpstreamOptions): TencentU
         return true;
       },
     };
+    const opened = gated.open(gate);
     try {
-      const response: unknown = await withSendGate(gate, () =>
-        clientFor(regionToUse).request(action, params, { signal: controller.signal }),
-      );
+      const response: unknown = await clientFor(regionToUse).request(action, params, {
+        signal: controller.signal,
+        headers: opened.headers,
+      });
       if (leftAt !== undefined) options.onRoundTrip?.(clock.now() - leftAt);
       if (typeof response !== "object" || response === null) {
         throw keygateError(
@@ -202,6 +205,7 @@ export function createTencentUpstream(options: TencentUpstreamOptions): TencentU
       }
       throw mapped;
     } finally {
+      opened.close();
       timer.abort();
       opts.signal.removeEventListener("abort", onCallerAbort);
     }
