@@ -10,7 +10,8 @@
  * Run: npm run bench:batch [-- seconds]   (default 5 s of load per row)
  */
 import { setMaxListeners } from "node:events";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { execFileSync } from "node:child_process";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { cpus, tmpdir } from "node:os";
 import { join } from "node:path";
 import { ConnectError, createClient } from "@connectrpc/connect";
@@ -58,6 +59,11 @@ const BAD_SHARE = 0.05;
 const CALLERS_PER_CONNECTION = 20;
 
 const never = new AbortController().signal;
+/** CPU time (user + system) a process has used so far, ms (Linux /proc; clock ticks of 10 ms). */
+function cpuMs(pid: number): number {
+  const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ");
+  return (Number(fields[11]) + Number(fields[12])) * 10;
+}
 setMaxListeners(0, never);
 const ids = fleetIds(INSTANCES);
 let nextInstance = 0;
@@ -87,6 +93,17 @@ const inventoryFile = join(dir, "inventory.json");
 const policyFile = join(dir, "policy.yaml");
 writeFileSync(inventoryFile, JSON.stringify(fleetInventory(INSTANCES, 0)));
 writeFileSync(policyFile, BATCH_POLICY);
+
+/**
+ * BENCH_PIN=1: the replicas get CPU 1 to themselves (a pod with one core of its own) and
+ * everything else — the callers, the emulator, Redis — shares CPU 0, so that a replica's CPU per
+ * request is measured without the load generator on its core. Off by default (Linux, taskset).
+ */
+const PIN = process.env.BENCH_PIN === "1" && cpus().length >= 2;
+if (PIN) execFileSync("taskset", ["-pc", "0", String(process.pid)], { stdio: "ignore" });
+const pinReplica = (pid: number) => {
+  if (PIN) execFileSync("taskset", ["-pc", "1", String(pid)], { stdio: "ignore" });
+};
 
 const redis = await startRedis();
 let emulator: Child | undefined;
@@ -156,13 +173,18 @@ async function keygateRow(n: number, batch: boolean, bad = false): Promise<void>
       }),
     );
   }
+  gateways.forEach((g) => pinReplica(g.pid));
   // Callers in groups of CALLERS_PER_CONNECTION, each group on its own HTTP/2 connection (its
   // own transport), the groups spread over the replicas: like hosts that each hold a connection.
   // One connection for all 200 would queue half of them in the client (the server allows 100
   // streams per connection) and measure the client, not keygate.
   const groups = Math.ceil(CALLERS / CALLERS_PER_CONNECTION);
   const clients = Array.from({ length: Math.max(groups, n) }, (_, i) =>
-    createClient(KeyPairService, createConnectTransport({ baseUrl: gateways[i % n]!.url, httpVersion: "2" })),
+    createClient(
+      KeyPairService,
+      // Binary, as gRPC clients send; Connect's JSON costs both sides more CPU per request.
+      createConnectTransport({ baseUrl: gateways[i % n]!.url, httpVersion: "2", useBinaryFormat: true }),
+    ),
   );
   const clientOf = (caller: number) =>
     caller < 0
@@ -179,6 +201,7 @@ async function keygateRow(n: number, batch: boolean, bad = false): Promise<void>
   await emulatorAdmin(emulator!.url).reset();
   nextInstance = 0;
   const badOutcomes = { notFound: 0, other: 0 };
+  const cpuBefore = gateways.map((g) => cpuMs(g.pid));
   const started = Date.now();
   const load = await runLoad({
     callers: CALLERS,
@@ -198,6 +221,12 @@ async function keygateRow(n: number, batch: boolean, bad = false): Promise<void>
     },
   });
   const elapsedS = (Date.now() - started) / 1000;
+  const cpuUsed = gateways.reduce((sum, g, i) => sum + cpuMs(g.pid) - cpuBefore[i]!, 0);
+  const answered = load.ok + Object.values(load.failed).reduce((x, y) => x + y, 0);
+  console.log(
+    `  gateway CPU: ${((1000 * cpuUsed) / Math.max(1, answered)).toFixed(0)} µs per request ` +
+      `(${(cpuUsed / 1000 / elapsedS / n).toFixed(2)} cores per replica)`,
+  );
   // Where a request's time goes, as the gateways saw it (means over the row): the rest of the
   // callers' latency is the client and the connection (the bench process).
   const sum = async (name: string, filter = "") =>
@@ -214,6 +243,19 @@ async function keygateRow(n: number, batch: boolean, bad = false): Promise<void>
       `no waiter ${await sum("keygate_limiter_wasted_grants_total", 'reason="no_waiter"')}, ` +
       `cancelled ${await sum("keygate_limiter_wasted_grants_total", 'reason="cancelled"')}`,
   );
+  // Store work per request: scripts run (one round trip each) and every command they ran.
+  const stats = execFileSync("redis-cli", ["-p", String(redis.port), "info", "commandstats"], {
+    encoding: "utf8",
+  });
+  const callsOf = (line: string) => Number(/calls=(\d+)/.exec(line)?.[1] ?? 0);
+  const lines = stats.split("\n").filter((l) => l.startsWith("cmdstat_"));
+  const scripts = lines.filter((l) => /^cmdstat_eval/.test(l)).reduce((s, l) => s + callsOf(l), 0);
+  const commands = lines.reduce((s, l) => s + callsOf(l), 0);
+  console.log(
+    `  redis per request (warm-up included): ${(scripts / Math.max(1, answered)).toFixed(1)} scripts, ` +
+      `${(commands / Math.max(1, answered)).toFixed(1)} commands in all`,
+  );
+  execFileSync("redis-cli", ["-p", String(redis.port), "config", "resetstat"]);
   const splits = (
     await Promise.all(gateways.map((g) => scrapeCounter(g, "keygate_batch_splits_total")))
   ).reduce((s, x) => s + x, 0);

@@ -4,7 +4,9 @@
  * writes nothing, and no AsyncLocalStorage (a whole-process promise-hook cost) is involved.
  * A real http server on loopback and the real SDK through keygate's adapter.
  */
+import { readdirSync, readFileSync } from "node:fs";
 import { createServer, request, Agent, type IncomingHttpHeaders, type Server } from "node:http";
+import { join } from "node:path";
 import type { AddressInfo } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { GATE_HEADER, gateAgent, type SendGate } from "../src/upstream/send-gate.js";
@@ -99,9 +101,7 @@ describe("send gate by header", () => {
     up.close();
   });
 
-  it("keygate's source uses no AsyncLocalStorage (it would tax every promise)", async () => {
-    const { readFileSync, readdirSync } = await import("node:fs");
-    const { join } = await import("node:path");
+  it("keygate's source uses no AsyncLocalStorage (it would tax every promise)", () => {
     const walk = (d: string): string[] =>
       readdirSync(d, { withFileTypes: true }).flatMap((e) =>
         e.isDirectory() ? walk(join(d, e.name)) : e.name.endsWith(".ts") ? [join(d, e.name)] : [],

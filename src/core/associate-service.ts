@@ -25,6 +25,7 @@ import { reconcile, type SendHistory } from "./reconcile.js";
 import { fingerprintOf } from "./fingerprint.js";
 import { validateRequest } from "./validate.js";
 import { createBatcher, newProgress } from "./batcher.js";
+import { linkSignals } from "./call-wait.js";
 
 /** Observers the orchestration reports to; all optional so tests can leave them out. */
 export interface AssociateHooks {
@@ -219,9 +220,9 @@ export function createAssociateService(opts: AssociateServiceOptions) {
     entry.leaseWaitMs = clock.now() - leaseStart;
     hooks.leaseWait?.(entry.leaseWaitMs / 1000);
     let handedOff = false;
+    const linked = linkSignals([call.signal, lease.lost]);
     try {
-      const signal = AbortSignal.any([call.signal, lease.lost]);
-      const opts = { signal, deadline: call.deadline };
+      const opts = { signal: linked.signal, deadline: call.deadline };
       const sent = await send(
         tenant,
         input,
@@ -247,6 +248,7 @@ export function createAssociateService(opts: AssociateServiceOptions) {
       void watch.finally(() => background.delete(watch));
       return { requestId, deduplicated: false, instances: [], ...batch };
     } finally {
+      linked.unlink();
       if (!handedOff) await lease.release().catch((e: unknown) => hooks.backgroundError?.(e, call.requestId));
     }
   }
@@ -294,14 +296,16 @@ export function createAssociateService(opts: AssociateServiceOptions) {
     lease: { lost: AbortSignal; release(): Promise<void> },
     callRequestId: string,
   ): Promise<void> {
+    const linked = linkSignals([backgroundAbort.signal, lease.lost]);
     try {
       await tasks.waitForTasks(input.region, input.instanceIds, requestId, {
-        signal: AbortSignal.any([backgroundAbort.signal, lease.lost]),
+        signal: linked.signal,
         deadline: clock.now() + opts.taskMaxWaitMs,
       });
     } catch (err) {
       if (!backgroundAbort.signal.aborted) hooks.backgroundError?.(err, callRequestId);
     } finally {
+      linked.unlink();
       await lease.release().catch((e: unknown) => hooks.backgroundError?.(e, callRequestId));
     }
   }

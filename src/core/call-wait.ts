@@ -50,3 +50,39 @@ export async function guarded<T>(what: string, call: () => Promise<T>): Promise<
     throw storeError(e, what);
   }
 }
+
+/** A signal that follows others until `unlink()` (see `linkSignals`). */
+export interface LinkedSignal {
+  signal: AbortSignal;
+  /** Stops following the sources; call it when the work the signal guards has ended. */
+  unlink(): void;
+}
+
+/**
+ * A signal that aborts (with the first source's reason) when any of `sources` does, until
+ * `unlink()`. What `AbortSignal.any` does, for the request path: `any` keeps weakly referenced
+ * dependants that the sources abort in turn, about 30 µs per call in Node 20 (measured for
+ * docs/benchmarks.md, "Where a replica's CPU goes"); two listeners that are removed at the end cost
+ * a tenth of that.
+ */
+export function linkSignals(sources: readonly AbortSignal[]): LinkedSignal {
+  const controller = new AbortController();
+  const gone = sources.find((s) => s.aborted);
+  if (gone) {
+    controller.abort(gone.reason);
+    return { signal: controller.signal, unlink: () => undefined };
+  }
+  const listeners = sources.map((source) => {
+    const onAbort = () => {
+      unlink();
+      controller.abort(source.reason);
+    };
+    source.addEventListener("abort", onAbort);
+    return { source, onAbort };
+  });
+  function unlink(): void {
+    for (const { source, onAbort } of listeners) source.removeEventListener("abort", onAbort);
+    listeners.length = 0;
+  }
+  return { signal: controller.signal, unlink };
+}
