@@ -147,7 +147,11 @@ describe("emulator timestamp check", () => {
   it("refuses a timestamp more than 5 minutes off with AuthFailure.SignatureExpire", async () => {
     // The emulator's clock runs 6 minutes ahead of the SDK's.
     const emu = await createEmulator({
-      clock: { now: () => Date.now() + 6 * 60_000, sleep: () => Promise.resolve() },
+      clock: {
+        now: () => Date.now() + 6 * 60_000,
+        sleep: () => Promise.resolve(),
+        timer: () => () => undefined,
+      },
     });
     try {
       const up = upstream(emu, { secretId: EMULATOR_SECRET_ID, secretKey: EMULATOR_SECRET_KEY });

@@ -1,4 +1,4 @@
-import { STOPPED, type Clock } from "./clock.js";
+import type { Clock } from "./clock.js";
 import { classify } from "./cloud-errors.js";
 import { crashPoint } from "./crash-point.js";
 import { isKeygateError, keygateError, type KeygateError } from "./errors.js";
@@ -431,18 +431,14 @@ export function createBatcher(opts: BatcherOptions): Batcher {
         }
         // A member that leaves (or whose deadline passes) hears it at once; a call already sent
         // for it goes on for the others.
-        let timer: AbortController | undefined;
         const onLeave = () => settle(member, () => reject(left(member)));
         signal.addEventListener("abort", onLeave, { once: true });
-        if (deadline !== undefined) {
-          timer = new AbortController();
-          clock.sleep(Math.max(0, deadline - clock.now()), timer.signal).then(onLeave, () => undefined);
-        }
+        const cancelTimer = deadline !== undefined ? clock.timer(deadline - clock.now(), onLeave) : undefined;
         const done = member.resolve;
         const fail = member.reject;
         const cleanup = () => {
           signal.removeEventListener("abort", onLeave);
-          timer?.abort(STOPPED);
+          cancelTimer?.();
         };
         member.resolve = (s) => {
           cleanup();

@@ -1,5 +1,5 @@
 import { createHash, randomUUID } from "node:crypto";
-import { STOPPED, type Clock } from "../core/clock.js";
+import { every, type Clock } from "../core/clock.js";
 import { keygateError } from "../core/errors.js";
 import type { AssociateResult } from "../core/model.js";
 import type { CallOptions, Execution, OperationRun, Operations } from "../core/ports.js";
@@ -182,8 +182,10 @@ export function createOperations(options: OperationsOptions): Operations {
     token: string,
     inherited: Inherited | undefined,
   ): Promise<AssociateResult> {
-    const stop = new AbortController();
-    const renewing = renewClaim(op.fingerprint, token, stop.signal);
+    // Lost: a peer took over; our next mark() is refused, so nothing more is sent from here.
+    const renewing = every(clock, claimRenewEveryMs, () =>
+      store.renewClaim(op.fingerprint, token, claimTtlMs),
+    );
     const execution: Execution = {
       inherited,
       async mark(phase, detail = {}) {
@@ -207,8 +209,7 @@ export function createOperations(options: OperationsOptions): Operations {
       outcome = failureOutcome(e);
       thrown = { error: e };
     } finally {
-      stop.abort(STOPPED);
-      await renewing;
+      await renewing.stop();
     }
     // The idempotency record first: once the claim is gone, only it stops a second execution.
     if (idemKey !== undefined) await remember(idemKey, op.fingerprint, outcome);
@@ -226,18 +227,6 @@ export function createOperations(options: OperationsOptions): Operations {
       ? store.completeIdempotent(idemKey, fingerprint, encodeOutcome(outcome), idempotencyTtlMs)
       : store.abandonIdempotent(idemKey, fingerprint);
     await write.catch(() => undefined);
-  }
-
-  async function renewClaim(fingerprint: string, token: string, stop: AbortSignal): Promise<void> {
-    while (!stop.aborted) {
-      try {
-        await clock.sleep(claimRenewEveryMs, stop);
-        // Lost: a peer took over; our next mark() is refused, so nothing more is sent from here.
-        if (!(await store.renewClaim(fingerprint, token, claimTtlMs))) return;
-      } catch {
-        /* stopped, or the store blinked: the next round tries again */
-      }
-    }
   }
 
   /** The joined call's encoded outcome, or null when its claim vanished without one. */

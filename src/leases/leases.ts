@@ -1,5 +1,5 @@
 import { randomUUID } from "node:crypto";
-import { STOPPED, type Clock } from "../core/clock.js";
+import { every, type Clock } from "../core/clock.js";
 import { keygateError } from "../core/errors.js";
 import type { CallOptions, LeaseHandle, Leases } from "../core/ports.js";
 import { backoffMs, guarded, pause, throwIfAborted } from "../core/call-wait.js";
@@ -131,37 +131,28 @@ export function createLeases(options: LeasesOptions): Leases {
 
   function hold(scope: string, ids: string[], token: string, fence: number, tookOver: boolean): LeaseHandle {
     const lost = new AbortController();
-    const stopped = new AbortController();
     let confirmedAt = clock.now();
-    const entry = { stop: () => stopped.abort(STOPPED) };
-    live.add(entry);
-
-    const renewLoop = async () => {
-      while (!stopped.signal.aborted) {
-        try {
-          await clock.sleep(renewEveryMs, stopped.signal);
-        } catch {
-          return;
+    const renewal = every(clock, renewEveryMs, async () => {
+      try {
+        if (await store.renew(scope, ids, token, ttlMs)) {
+          confirmedAt = clock.now();
+          return true;
         }
-        try {
-          if (await store.renew(scope, ids, token, ttlMs)) {
-            confirmedAt = clock.now();
-            continue;
-          }
-          if (!stopped.signal.aborted) {
-            lost.abort(keygateError("INSTANCE_BUSY", "the lease expired and another call took the instance"));
-          }
-          return;
-        } catch (e) {
-          // Redis unreachable: the lease may still be ours until its TTL has run out.
-          if (clock.now() - confirmedAt >= ttlMs) {
-            lost.abort(keygateError("STORE_UNAVAILABLE", "the lease could not be renewed", { cause: e }));
-            return;
-          }
+        if (!renewal.stopped) {
+          lost.abort(keygateError("INSTANCE_BUSY", "the lease expired and another call took the instance"));
         }
+        return false;
+      } catch (e) {
+        // Redis unreachable: the lease may still be ours until its TTL has run out.
+        if (clock.now() - confirmedAt >= ttlMs) {
+          lost.abort(keygateError("STORE_UNAVAILABLE", "the lease could not be renewed", { cause: e }));
+          return false;
+        }
+        return true;
       }
-    };
-    void renewLoop();
+    });
+    const entry = { stop: () => void renewal.stop() };
+    live.add(entry);
 
     let released: Promise<void> | undefined;
     return {
@@ -171,7 +162,7 @@ export function createLeases(options: LeasesOptions): Leases {
       release() {
         // Never throws: a lease that could not be deleted runs out by its TTL.
         released ??= (async () => {
-          stopped.abort(STOPPED);
+          void renewal.stop();
           live.delete(entry);
           await store.release(scope, ids, token).catch(() => undefined);
         })();

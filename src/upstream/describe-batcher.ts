@@ -18,7 +18,7 @@
  *   go straight to the metered describe; the instance cache batches those itself.
  */
 import { abortError } from "../core/call-wait.js";
-import { STOPPED, type Clock } from "../core/clock.js";
+import type { Clock } from "../core/clock.js";
 import { keygateError } from "../core/errors.js";
 import type { InstanceInfo } from "../core/model.js";
 import type { CallOptions } from "../core/ports.js";
@@ -186,21 +186,22 @@ export function createDescribeBatcher(options: DescribeBatcherOptions): MeteredD
   /** `answer`, or the request's own cancellation or deadline, whichever comes first. */
   function untilGone<T>(answer: Promise<T>, call: CallOptions): Promise<T> {
     return new Promise<T>((resolve, reject) => {
-      const timer = new AbortController();
       const onAbort = () => reject(abortError(call.signal));
       call.signal.addEventListener("abort", onAbort, { once: true });
-      if (call.deadline !== undefined) {
-        clock.sleep(Math.max(0, call.deadline - clock.now()), timer.signal).then(
-          () =>
-            reject(
-              keygateError("DEADLINE_EXCEEDED", "DescribeInstances: no answer before the caller's deadline"),
-            ),
-          () => undefined,
-        );
-      }
+      const cancelTimer =
+        call.deadline === undefined
+          ? undefined
+          : clock.timer(call.deadline - clock.now(), () =>
+              reject(
+                keygateError(
+                  "DEADLINE_EXCEEDED",
+                  "DescribeInstances: no answer before the caller's deadline",
+                ),
+              ),
+            );
       answer
         .finally(() => {
-          timer.abort(STOPPED);
+          cancelTimer?.();
           call.signal.removeEventListener("abort", onAbort);
         })
         .then(resolve, reject);

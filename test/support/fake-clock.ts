@@ -32,6 +32,14 @@ export class FakeClock implements Clock {
     });
   }
 
+  timer(ms: number, fn: () => void): () => void {
+    const entry = { at: this.t + Math.max(0, ms), resolve: fn };
+    this.sleepers.push(entry);
+    return () => {
+      this.sleepers = this.sleepers.filter((s) => s !== entry);
+    };
+  }
+
   /** Moves time forward, waking sleepers (and letting their continuations run) in order. */
   async advance(ms: number): Promise<void> {
     const target = this.t + ms;
