@@ -63,8 +63,8 @@ COPY --from=build /app/dist/bundle ./dist/bundle
 USER 10001:10001
 EXPOSE 8080 9090
 # Exec form: no shell at runtime, and SIGTERM reaches node directly so it can drain. bin/keygate.js runs
-# dist/bundle/main.js, i.e. `keygate`. The V8 flags trade a little speed for idle memory (a 1 MB young generation,
-# size-optimised code, one V8 helper thread): about 15 MB less per replica, measured by `npm run bench:startup`
-# (docs/benchmarks.md, docs/decisions/deploy.md). deploy/ gives the same command.
-ENTRYPOINT ["node", "--max-semi-space-size=1", "--optimize-for-size", "--v8-pool-size=1", "bin/keygate.js"]
+# dist/bundle/main.js, i.e. `keygate`. One V8 helper thread, as the pod has one core. No flags that trade speed for
+# idle memory: a 1 MB young generation and size-optimised code more than doubled the CPU a request costs once
+# replicas merge hundreds of requests a second (docs/decisions/deploy.md). deploy/ gives the same command.
+ENTRYPOINT ["node", "--v8-pool-size=1", "bin/keygate.js"]
 CMD ["serve"]

@@ -100,9 +100,9 @@ writeFileSync(policyFile, BATCH_POLICY);
  * request is measured without the load generator on its core. Off by default (Linux, taskset).
  */
 const PIN = process.env.BENCH_PIN === "1" && cpus().length >= 2;
-if (PIN) execFileSync("taskset", ["-pc", "0", String(process.pid)], { stdio: "ignore" });
+if (PIN) execFileSync("taskset", ["-a", "-pc", "0", String(process.pid)], { stdio: "ignore" });
 const pinReplica = (pid: number) => {
-  if (PIN) execFileSync("taskset", ["-pc", "1", String(pid)], { stdio: "ignore" });
+  if (PIN) execFileSync("taskset", ["-a", "-pc", "1", String(pid)], { stdio: "ignore" });
 };
 
 const redis = await startRedis();

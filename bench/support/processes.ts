@@ -9,7 +9,7 @@ import { createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { Health, HealthCheckResponse_ServingStatus } from "../../src/gen/health/v1/health_pb.js";
 import type { Apply, Arrival, FaultSettings, InstanceCounts } from "../../src/upstream/emulator/index.js";
-import { ensureBuilt } from "../../test/support/build.js";
+import { ensureBuilt, imageEntrypoint } from "../../test/support/build.js";
 import { freePort } from "../../test/support/redis-server.js";
 import { pollUntil } from "../../test/support/wait.js";
 
@@ -34,7 +34,15 @@ export interface Child {
  * where a request's CPU goes; open the .cpuprofile in Chrome DevTools). Off by default.
  */
 const profDir = process.env.BENCH_CPU_PROF_DIR;
-const profArgs = profDir ? ["--cpu-prof", `--cpu-prof-dir=${profDir}`] : [];
+/**
+ * Children start with the image's node flags (its ENTRYPOINT, as production runs them), plus
+ * BENCH_NODE_FLAGS="<flags>" when set: how docs/decisions/deploy.md measured the flags it dropped.
+ */
+const profArgs = [
+  ...imageEntrypoint().slice(1, -1),
+  ...(profDir ? ["--cpu-prof", `--cpu-prof-dir=${profDir}`] : []),
+  ...(process.env.BENCH_NODE_FLAGS ?? "").split(" ").filter(Boolean),
+];
 
 function launch(args: string[], env: Record<string, string>, port: number, metricsPort = 0): Child {
   const child: ChildProcess = spawn(process.execPath, [...profArgs, CLI, ...args], {
