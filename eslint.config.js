@@ -21,4 +21,15 @@ export default tseslint.config(
     files: ["eslint.config.js", "scripts/**/*.mjs"],
     ...tseslint.configs.disableTypeChecked,
   },
+  {
+    // The bundle's CommonJS stand-ins (scripts/build.mjs): plain Node scripts, no types to check.
+    files: ["scripts/**/*.cjs"],
+    ...tseslint.configs.disableTypeChecked,
+    languageOptions: {
+      ...tseslint.configs.disableTypeChecked.languageOptions,
+      sourceType: "commonjs",
+      globals: { require: "readonly", exports: "writable", module: "writable" },
+    },
+    rules: { ...tseslint.configs.disableTypeChecked.rules, "@typescript-eslint/no-require-imports": "off" },
+  },
 );

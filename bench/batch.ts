@@ -6,6 +6,8 @@
  * calling the SDK directly, side by side in one run. Plus one row where 5% of the callers name
  * instances the cloud does not have: they get NOT_FOUND, nobody else fails, and the splits cost
  * a bounded number of extra calls. Everything is counted at the emulator. Loopback only; bounded.
+ * Per keygate row it also prints the replicas' CPU per request (from /proc), their own latency
+ * histograms, and the store work per request (scripts and commands, from Redis' commandstats).
  *
  * Run: npm run bench:batch [-- seconds]   (default 5 s of load per row)
  */
@@ -94,17 +96,6 @@ const policyFile = join(dir, "policy.yaml");
 writeFileSync(inventoryFile, JSON.stringify(fleetInventory(INSTANCES, 0)));
 writeFileSync(policyFile, BATCH_POLICY);
 
-/**
- * BENCH_PIN=1: the replicas get CPU 1 to themselves (a pod with one core of its own) and
- * everything else — the callers, the emulator, Redis — shares CPU 0, so that a replica's CPU per
- * request is measured without the load generator on its core. Off by default (Linux, taskset).
- */
-const PIN = process.env.BENCH_PIN === "1" && cpus().length >= 2;
-if (PIN) execFileSync("taskset", ["-a", "-pc", "0", String(process.pid)], { stdio: "ignore" });
-const pinReplica = (pid: number) => {
-  if (PIN) execFileSync("taskset", ["-a", "-pc", "1", String(pid)], { stdio: "ignore" });
-};
-
 const redis = await startRedis();
 let emulator: Child | undefined;
 let gateways: Child[] = [];
@@ -173,7 +164,6 @@ async function keygateRow(n: number, batch: boolean, bad = false): Promise<void>
       }),
     );
   }
-  gateways.forEach((g) => pinReplica(g.pid));
   // Callers in groups of CALLERS_PER_CONNECTION, each group on its own HTTP/2 connection (its
   // own transport), the groups spread over the replicas: like hosts that each hold a connection.
   // One connection for all 200 would queue half of them in the client (the server allows 100

@@ -128,6 +128,11 @@ async function bundle(out) {
     legalComments: "none",
     logLevel: "silent",
     plugins: [relocate],
+    // Packages the SDK's dependencies load at start but keygate never uses (scripts/bundle-stubs/ says why).
+    alias: {
+      "whatwg-url": join(root, "scripts", "bundle-stubs", "whatwg-url.cjs"),
+      "form-data": join(root, "scripts", "bundle-stubs", "form-data.cjs"),
+    },
     // CommonJS packages (ioredis, the Tencent Cloud SDK, prom-client, …) call require() for Node's own
     // modules; an ES module has no require until it makes one.
     banner: {

@@ -152,6 +152,22 @@ describe("the build", () => {
       expect(bundled.has(m), m).toBe(true);
     }
   });
+
+  it("carries stand-ins, not whatwg-url (tr46) and form-data (mime-db), which keygate never uses", () => {
+    const sources = filesUnder(BUNDLE_DIR)
+      .filter((f) => f.endsWith(".js.map"))
+      .flatMap(
+        (f) => (JSON.parse(readFileSync(join(BUNDLE_DIR, f), "utf8")) as { sources: string[] }).sources,
+      );
+    for (const pkg of ["whatwg-url", "tr46", "form-data", "mime-db", "mime-types"]) {
+      expect(
+        sources.filter((s) => s.includes(`node_modules/${pkg}/`)),
+        pkg,
+      ).toEqual([]);
+    }
+    expect(sources.some((s) => s.endsWith("scripts/bundle-stubs/whatwg-url.cjs"))).toBe(true);
+    expect(sources.some((s) => s.endsWith("scripts/bundle-stubs/form-data.cjs"))).toBe(true);
+  });
 });
 
 /** dist/bundle/manifest.json: output file (relative to dist/bundle/) → the compiled modules it carries. */
