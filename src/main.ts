@@ -271,8 +271,12 @@ export async function createApp(opts: AppOptions) {
       startOpts.onListening?.();
       // Readiness waits for the warm-up; start() returns once warm (or after WARM_WAIT_MS, while
       // the warm-up keeps trying in the background and readiness stays NOT_SERVING).
-      warm ??= warmUp(describe, clock, warming.signal, logger).then((ok) => {
-        if (ok) health.set("upstream", true);
+      warm ??= warmUp(describe, clock, warming.signal, logger).then(async (ok) => {
+        if (!ok) return;
+        health.set("upstream", true);
+        // After SERVING, not before it: readiness does not wait for them. start() (and with it the
+        // "keygate listening" line that scripts and tests wait for) does: little else comes after.
+        await seedMargin(describe, clock, warming.signal);
       });
       const waited = new AbortController();
       const onStop = () => waited.abort();
@@ -341,8 +345,8 @@ export class StartupError extends Error {
 /** How long start() waits for the warm-up before returning (readiness stays NOT_SERVING until warm). */
 const WARM_WAIT_MS = 10_000;
 const WARM_REGION = "ap-guangzhou";
-/** Warm-up calls: the first must be answered; the rest seed the adaptive margin (margin.ts). */
-const WARM_ROUND_TRIPS = 5;
+/** Round trips after the warm-up call that seed the adaptive margin (margin.ts needs 5 samples). */
+const SEED_ROUND_TRIPS = 4;
 
 /**
  * Ready means warm (docs/decisions/limiter.md, "Ready means warm"): one DescribeInstances through
@@ -360,12 +364,6 @@ async function warmUp(
   for (let attempt = 0; !signal.aborted; attempt++) {
     try {
       await describe(WARM_REGION, [WARM_UP_INSTANCE_ID], { signal, deadline: clock.now() + 10_000 });
-      // A few more round trips (best effort) so the adaptive margin starts from this path's jitter.
-      for (let i = 1; i < WARM_ROUND_TRIPS && !signal.aborted; i++) {
-        await describe(WARM_REGION, [WARM_UP_INSTANCE_ID], { signal, deadline: clock.now() + 2_000 }).catch(
-          () => undefined,
-        );
-      }
       return true;
     } catch (err) {
       if (isKeygateError(err) && err.upstreamCode !== undefined) return true;
@@ -375,6 +373,19 @@ async function warmUp(
     }
   }
   return false; // stopped before warm: never SERVING
+}
+
+/**
+ * A few more round trips right after the warm-up (best effort), so that the adaptive margin follows
+ * this path's jitter from the replica's first seconds; until they are in, the configured margin
+ * holds (it is never less). Stopped with the app.
+ */
+async function seedMargin(describe: MeteredDescribe, clock: Clock, signal: AbortSignal): Promise<void> {
+  for (let i = 0; i < SEED_ROUND_TRIPS && !signal.aborted; i++) {
+    await describe(WARM_REGION, [WARM_UP_INSTANCE_ID], { signal, deadline: clock.now() + 2_000 }).catch(
+      () => undefined,
+    );
+  }
 }
 
 function errorText(err: unknown): string {
