@@ -1,3 +1,4 @@
+import { setMaxListeners } from "node:events";
 import type { Clock } from "./clock.js";
 import { crashPoint } from "./crash-point.js";
 import type { KeygateError } from "./errors.js";
@@ -110,6 +111,8 @@ export function createAssociateService(opts: AssociateServiceOptions) {
   /** Leases held after an answer until the cloud task ends; awaited on drain. */
   const background = new Set<Promise<void>>();
   const backgroundAbort = new AbortController();
+  // Every background watch listens to it (linkSignals): hundreds at once is normal, not a leak.
+  setMaxListeners(0, backgroundAbort.signal);
   const batcher = createBatcher({
     clock,
     limiter,
