@@ -3,6 +3,7 @@
  * its lateness, so the 10th call after it still keeps the span; and the margin follows the path.
  * Pure logic over a fake clock; the Redis and end-to-end proofs are in test/limit-late-send.test.ts.
  */
+import { setMaxListeners } from "node:events";
 import { describe, expect, it } from "vitest";
 import type { BucketSpec } from "../src/core/ports.js";
 import { createLimiter, type LimiterGrant, type LimiterHooks } from "../src/limiter/limiter.js";
@@ -16,6 +17,8 @@ const SPAN = 1040;
 const LIMIT = 10;
 const bucket: BucketSpec = { key: "cred/cvm/AssociateInstancesKeyPairs", limit: LIMIT, windowMs: 1000 };
 const never = new AbortController().signal;
+// One signal shared by every waiter of a test (each request has its own in keygate).
+setMaxListeners(0, never);
 
 /** Smallest distance between a departure and the 10th after it (the margin left is this - 1000). */
 function smallestTenthGap(departures: number[]): number {

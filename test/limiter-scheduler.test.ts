@@ -1,3 +1,4 @@
+import { setMaxListeners } from "node:events";
 import { describe, expect, it } from "vitest";
 import { FakeClock } from "./support/fake-clock.js";
 import { isKeygateError, type KeygateError } from "../src/core/errors.js";
@@ -13,6 +14,8 @@ const bucket: BucketSpec = {
   windowMs: 1000,
 };
 const never = new AbortController().signal;
+// One signal shared by every waiter of a test (each request has its own in keygate).
+setMaxListeners(0, never);
 
 type Outcome = { ok: true; grant: LimiterGrant; at: number } | { ok: false; error: KeygateError; at: number };
 

@@ -19,16 +19,20 @@ export class FakeClock implements Clock {
         reject(signal.reason as Error);
         return;
       }
-      const entry = { at: this.t + Math.max(0, ms), resolve };
-      this.sleepers.push(entry);
-      signal?.addEventListener(
-        "abort",
-        () => {
-          this.sleepers = this.sleepers.filter((s) => s !== entry);
-          reject(signal.reason as Error);
+      const onAbort = () => {
+        this.sleepers = this.sleepers.filter((s) => s !== entry);
+        reject(signal?.reason as Error);
+      };
+      // Like the system clock, a sleep that ends leaves no listener on the signal behind.
+      const entry = {
+        at: this.t + Math.max(0, ms),
+        resolve: () => {
+          signal?.removeEventListener("abort", onAbort);
+          resolve();
         },
-        { once: true },
-      );
+      };
+      this.sleepers.push(entry);
+      signal?.addEventListener("abort", onAbort, { once: true });
     });
   }
 
