@@ -413,7 +413,7 @@ export function createLimiter(options: LimiterOptions): Limiter {
     }
 
     return new Promise<LimiterGrant>((resolve, rejectP) => {
-      const timer = new AbortController();
+      let cancelTimer: (() => void) | undefined;
       const leave = (reason: RejectReason, e: KeygateError) => {
         if (!b.queue.remove(entry)) return;
         waiter.cleanup();
@@ -427,7 +427,7 @@ export function createLimiter(options: LimiterOptions): Limiter {
         resolve,
         reject: rejectP,
         cleanup: () => {
-          timer.abort();
+          cancelTimer?.();
           signal.removeEventListener("abort", onAbort);
         },
       };
@@ -435,9 +435,8 @@ export function createLimiter(options: LimiterOptions): Limiter {
       signal.addEventListener("abort", onAbort, { once: true });
       // Timers cannot hold more than 2^31-1 ms (longer ones fire at once): such a wait is unbounded.
       if (until - now <= MAX_TIMER_MS) {
-        clock.sleep(until - now, timer.signal).then(
-          () => leave("deadline", rateLimited(b, etaFor(b, 0, clock.now()), "no token before the deadline")),
-          () => undefined,
+        cancelTimer = clock.timer(until - now, () =>
+          leave("deadline", rateLimited(b, etaFor(b, 0, clock.now()), "no token before the deadline")),
         );
       }
       if (!b.running) void dispatch(b);

@@ -151,14 +151,10 @@ export function createTencentUpstream(options: TencentUpstreamOptions): TencentU
       controller.abort();
     };
     opts.signal.addEventListener("abort", onCallerAbort, { once: true });
-    const timer = new AbortController();
-    clock.sleep(Math.min(reqTimeoutMs, remaining), timer.signal).then(
-      () => {
-        aborted ??= boundByDeadline ? "caller-deadline" : "timeout";
-        controller.abort();
-      },
-      () => undefined,
-    );
+    const cancelTimer = clock.timer(Math.min(reqTimeoutMs, remaining), () => {
+      aborted ??= boundByDeadline ? "caller-deadline" : "timeout";
+      controller.abort();
+    });
     // The grant's last check, at the socket: a request that would leave after `sendBy` is not
     // written at all (SEND_TOO_LATE, the orchestration takes a new grant); one that leaves is
     // reported to the limiter with its real departure time.
@@ -206,7 +202,7 @@ export function createTencentUpstream(options: TencentUpstreamOptions): TencentU
       throw mapped;
     } finally {
       opened.close();
-      timer.abort();
+      cancelTimer();
       opts.signal.removeEventListener("abort", onCallerAbort);
     }
   };
