@@ -13,7 +13,7 @@
  */
 import { setMaxListeners } from "node:events";
 import { execFileSync } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { cpus, tmpdir } from "node:os";
 import { join } from "node:path";
 import { ConnectError, createClient } from "@connectrpc/connect";
@@ -38,6 +38,7 @@ import {
 } from "../test/support/fleet.js";
 import {
   type Child,
+  cpuMsOf,
   emulatorAdmin,
   scrapeCounter,
   startEmulatorProcess,
@@ -61,11 +62,6 @@ const BAD_SHARE = 0.05;
 const CALLERS_PER_CONNECTION = 20;
 
 const never = new AbortController().signal;
-/** CPU time (user + system) a process has used so far, ms (Linux /proc; clock ticks of 10 ms). */
-function cpuMs(pid: number): number {
-  const fields = readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.split(" ");
-  return (Number(fields[11]) + Number(fields[12])) * 10;
-}
 setMaxListeners(0, never);
 const ids = fleetIds(INSTANCES);
 let nextInstance = 0;
@@ -191,7 +187,7 @@ async function keygateRow(n: number, batch: boolean, bad = false): Promise<void>
   await emulatorAdmin(emulator!.url).reset();
   nextInstance = 0;
   const badOutcomes = { notFound: 0, other: 0 };
-  const cpuBefore = gateways.map((g) => cpuMs(g.pid));
+  const cpuBefore = gateways.map((g) => cpuMsOf(g.pid));
   const started = Date.now();
   const load = await runLoad({
     callers: CALLERS,
@@ -211,7 +207,7 @@ async function keygateRow(n: number, batch: boolean, bad = false): Promise<void>
     },
   });
   const elapsedS = (Date.now() - started) / 1000;
-  const cpuUsed = gateways.reduce((sum, g, i) => sum + cpuMs(g.pid) - cpuBefore[i]!, 0);
+  const cpuUsed = gateways.reduce((sum, g, i) => sum + cpuMsOf(g.pid) - cpuBefore[i]!, 0);
   const answered = load.ok + Object.values(load.failed).reduce((x, y) => x + y, 0);
   console.log(
     `  gateway CPU: ${((1000 * cpuUsed) / Math.max(1, answered)).toFixed(0)} µs per request ` +

@@ -22,6 +22,7 @@ import { opsPolicy } from "../test/support/policies.js";
 import { ROOT } from "../test/support/process.js";
 import { freePort, startRedis } from "../test/support/redis-server.js";
 import { sleep } from "../test/support/wait.js";
+import { cpuMsOf } from "./support/processes.js";
 
 const args = process.argv.slice(2).map(Number);
 const RUNS = args[0] ?? 5;
@@ -59,13 +60,6 @@ interface Sample {
   cpuMs: number;
   rssMb: number;
   peakMb: number;
-}
-
-/** utime + stime of a process so far, from /proc/PID/stat (clock ticks of 10 ms). */
-function cpuMsOf(pid: number): number {
-  const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-  return (Number(fields[11]) + Number(fields[12])) * 10;
 }
 
 function statusMb(pid: number, field: "VmRSS" | "VmHWM"): number {

@@ -4,6 +4,7 @@
  * npx: killing npx leaves its child running), and stopped by its own PID. Loopback only.
  */
 import { type ChildProcess, spawn } from "node:child_process";
+import { readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { createClient } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
@@ -38,14 +39,14 @@ const profDir = process.env.BENCH_CPU_PROF_DIR;
  * Children start with the image's node flags (its ENTRYPOINT, as production runs them), plus
  * BENCH_NODE_FLAGS="<flags>" when set: how docs/decisions/deploy.md measured the flags it dropped.
  */
-const profArgs = [
+const nodeArgs = [
   ...imageEntrypoint().slice(1, -1),
   ...(profDir ? ["--cpu-prof", `--cpu-prof-dir=${profDir}`] : []),
   ...(process.env.BENCH_NODE_FLAGS ?? "").split(" ").filter(Boolean),
 ];
 
 function launch(args: string[], env: Record<string, string>, port: number, metricsPort = 0): Child {
-  const child: ChildProcess = spawn(process.execPath, [...profArgs, CLI, ...args], {
+  const child: ChildProcess = spawn(process.execPath, [...nodeArgs, CLI, ...args], {
     cwd: ROOT,
     env: { PATH: process.env.PATH ?? "", HOME: process.env.HOME ?? "", ...env },
     stdio: ["ignore", "ignore", "pipe"],
@@ -170,3 +171,10 @@ export const emulatorAdmin = (url: string) => ({
     if (!r.ok) throw new Error(`emulator refused faults: ${await r.text()}`);
   },
 });
+
+/** utime + stime of a process so far, ms, from /proc/PID/stat (clock ticks of 10 ms; Linux). */
+export function cpuMsOf(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  return (Number(fields[11]) + Number(fields[12])) * 10;
+}

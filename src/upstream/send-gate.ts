@@ -68,7 +68,7 @@ export interface GatedAgent<A> {
 
 /** Makes `agent` ask the gate a request names (if any) before the request is written. */
 export function gateAgent<A extends HttpAgent>(agent: A): GatedAgent<A> {
-  const open = new Map<string, SendGate>();
+  const gates = new Map<string, SendGate>();
   let next = 0;
   const internals = agent as unknown as AgentInternals;
   const inner = internals.addRequest.bind(agent);
@@ -76,7 +76,7 @@ export function gateAgent<A extends HttpAgent>(agent: A): GatedAgent<A> {
     const name = req.getHeader(GATE_HEADER);
     if (name !== undefined) {
       req.removeHeader(GATE_HEADER);
-      const gate = open.get(String(name));
+      const gate = gates.get(String(name));
       if (gate) watch(req, gate);
     }
     inner(req, options);
@@ -85,9 +85,9 @@ export function gateAgent<A extends HttpAgent>(agent: A): GatedAgent<A> {
     agent,
     open(gate) {
       const name = (next = (next + 1) % Number.MAX_SAFE_INTEGER).toString(36);
-      open.set(name, gate);
-      return { headers: { [GATE_HEADER]: name }, close: () => open.delete(name) };
+      gates.set(name, gate);
+      return { headers: { [GATE_HEADER]: name }, close: () => gates.delete(name) };
     },
-    openCount: () => open.size,
+    openCount: () => gates.size,
   };
 }
