@@ -507,3 +507,67 @@ describe("batcher: leaving", () => {
     expect(rb.ok && rb.s.batchInstances).toBe(1);
   });
 });
+
+describe("batcher: members that are not ready yet (their record is still being written)", () => {
+  function deferred() {
+    let resolve!: () => void;
+    let reject!: (e: unknown) => void;
+    const promise = new Promise<void>((res, rej) => {
+      resolve = res;
+      reject = rej;
+    });
+    return { promise, resolve, reject };
+  }
+
+  it("queue without asking for a token, ride only once ready, and never go out before", async () => {
+    const t = setup();
+    const headReady = deferred();
+    const late = deferred();
+    const head = t.send({ ...member(1), ready: headReady.promise });
+    await tick();
+    expect(t.tokens.asked).toEqual([]); // nobody ready: no token is asked for
+    headReady.resolve();
+    await tick();
+    expect(t.tokens.queued()).toBe(1);
+    const rider = t.send({ ...member(2), ready: late.promise });
+    const other = t.send(member(3));
+    await tick();
+    await t.tokens.grant();
+    // The not-ready member stays behind; the ready ones go in one call.
+    expect(t.cloud.calls.map((c) => c.input.instanceIds)).toEqual([[id(1), id(3)]]);
+    expect((await head).ok && (await other).ok).toBe(true);
+    late.resolve();
+    await tick();
+    await t.tokens.grant();
+    expect(t.cloud.calls.map((c) => c.input.instanceIds)).toEqual([[id(1), id(3)], [id(2)]]);
+    expect((await rider).ok).toBe(true);
+    expect(t.tokens.granted).toBe(2);
+  });
+
+  it("a member whose record could not be written hears why, and nothing is sent for it", async () => {
+    const t = setup();
+    const ready = deferred();
+    const failed = t.send({ ...member(1), ready: ready.promise });
+    ready.reject(keygateError("OPERATION_TAKEN_OVER", "another replica took it over"));
+    const got = await failed;
+    expect(got.ok).toBe(false);
+    expect(!got.ok && isKeygateError(got.e) && got.e.reason).toBe("OPERATION_TAKEN_OVER");
+    expect(got.progress.sentAt).toBeUndefined();
+    expect(t.tokens.asked).toEqual([]);
+    expect(t.cloud.calls).toEqual([]);
+  });
+
+  it("a member that leaves before it is ready is answered at once", async () => {
+    const t = setup();
+    const ready = deferred();
+    const leave = new AbortController();
+    const gone = t.send({ ...member(1, {}, "t1", { signal: leave.signal }), ready: ready.promise });
+    leave.abort(keygateError("CANCELLED", "the caller left"));
+    const got = await gone;
+    expect(!got.ok && isKeygateError(got.e) && got.e.reason).toBe("CANCELLED");
+    ready.resolve();
+    await tick();
+    expect(t.tokens.asked).toEqual([]);
+    expect(t.cloud.calls).toEqual([]);
+  });
+});

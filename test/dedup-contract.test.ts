@@ -603,6 +603,37 @@ describe.each(backends)("Operations contract ($name)", (backend) => {
     });
   });
 
+  it("answers before its finish lands; a call arriving meanwhile joins it; close waits for the finish", async () => {
+    const landed = deferred();
+    let finishes = 0;
+    const slowFinish: Wrapper = {
+      wrap: (s) =>
+        wrapStore(s, {
+          finish: async (f, token, o, opts) => {
+            await landed.promise;
+            finishes += 1;
+            return s.finish(f, token, o, opts);
+          },
+        }),
+    };
+    const [a] = await backend.replicas(1, {}, slowFinish);
+    const fingerprint = randomUUID();
+    const ex = counted();
+    const first = await a!.run({ fingerprint, execute: ex.execute }, call());
+    expect([first.deduplicated, ex.calls(), finishes]).toEqual([false, 1, 0]);
+    // The claim is still held until the finish lands: an identical call joins it, runs nothing.
+    const second = a!.run({ fingerprint, execute: ex.execute }, call());
+    let closed = false;
+    const closing = a!.close().then(() => (closed = true));
+    await sleep(50);
+    expect(closed).toBe(false);
+    landed.resolve();
+    await closing;
+    expect(finishes).toBe(1);
+    expect(await second).toEqual({ ...first, deduplicated: true });
+    expect(ex.calls()).toBe(1);
+  });
+
   it("refuses work after close", async () => {
     const [a] = await backend.replicas(1);
     await a!.close();

@@ -229,7 +229,7 @@ export function createAssociateService(opts: AssociateServiceOptions) {
       const sent = await send(
         tenant,
         input,
-        call.request.idempotencyKey !== "",
+        { hasIdempotencyKey: call.request.idempotencyKey !== "", waits: waitForCompletion },
         lease,
         execution,
         opts,
@@ -264,7 +264,7 @@ export function createAssociateService(opts: AssociateServiceOptions) {
   async function send(
     tenant: Tenant,
     input: AssociateInput,
-    hasIdempotencyKey: boolean,
+    { hasIdempotencyKey, waits }: { hasIdempotencyKey: boolean; waits: boolean },
     lease: LeaseHandle,
     execution: Execution,
     call: CallOptions,
@@ -284,6 +284,8 @@ export function createAssociateService(opts: AssociateServiceOptions) {
     let checkIdle = lease.tookOver === true;
     return callWithRetries(tenant, input, call, entry, {
       execution,
+      // Without a wait for the task, the finish comes next and records the RequestId itself.
+      recordSent: waits,
       history,
       checkIdle: () => {
         const c = checkIdle || integrity.suspect();
@@ -318,7 +320,12 @@ export function createAssociateService(opts: AssociateServiceOptions) {
     input: AssociateInput,
     call: CallOptions,
     entry: AuditEntry,
-    state: { execution: Execution; history: SendHistory | undefined; checkIdle: () => boolean },
+    state: {
+      execution: Execution;
+      recordSent: boolean;
+      history: SendHistory | undefined;
+      checkIdle: () => boolean;
+    },
   ): Promise<Sent> {
     const { execution } = state;
     /** Set while an earlier send may have reached the cloud: reconcile before sending again. */
@@ -355,16 +362,23 @@ export function createAssociateService(opts: AssociateServiceOptions) {
           throw retrying ?? keygateError("INSTANCE_BUSY", `instance ${busy} is still busy with a cloud task`);
         }
       }
-      // "May be sending" is recorded before the wait for a token, so that a grant goes out without
-      // another store round trip (a late send would bunch at the cloud: G1). Until the send, the
-      // latest moment it could happen stands as sentAt: a takeover reconciles after it.
+      // "May be sending" is recorded before the attempt can take a token, so that a grant goes
+      // out without another store round trip (a late send would bunch at the cloud: G1). The
+      // attempt queues while the record is written, and goes out only once it is. Until the
+      // send, the latest moment it could happen stands as sentAt: a takeover reconciles after it.
       // Rejected = another executor took the operation over: it, not we, may send.
-      await execution.mark("sending", { sentAt: call.deadline ?? clock.now() + DEFAULT_SEND_BOUND_MS });
+      const marking = execution.mark("sending", {
+        sentAt: call.deadline ?? clock.now() + DEFAULT_SEND_BOUND_MS,
+      });
+      const markFailure = marking.then(
+        () => undefined,
+        (err: unknown) => ({ err }),
+      );
       // Every attempt, first or retry, spends a token (G1); the batcher may carry it in one call
       // with other callers' attempts that wait for a token too (docs/decisions/batching.md).
       const progress = newProgress();
       const carried = await batcher
-        .send({ tenant, input, call }, progress)
+        .send({ tenant, input, call, ready: marking }, progress)
         .then((s) => ({ ok: true as const, s }))
         .catch((err: unknown) => ({ ok: false as const, err }));
       entry.limiterWaitMs += progress.waitedMs;
@@ -374,11 +388,14 @@ export function createAssociateService(opts: AssociateServiceOptions) {
       if (carried.ok) {
         const { requestId } = carried.s;
         // Not recorded = a peer took over; it reconciles and finds this call applied.
-        await execution.mark("sent", { requestId }).catch(() => undefined);
+        if (state.recordSent) await execution.mark("sent", { requestId }).catch(() => undefined);
         return { requestId, batch: { id: carried.s.batchId, instances: carried.s.batchInstances } };
       }
       const sentAt = progress.sentAt;
       if (sentAt === undefined) {
+        // The record could not say "may be sending" (taken over, store down): nothing went out.
+        const failed = await markFailure;
+        if (failed) throw failed.err;
         // No token, so nothing went out: unless an earlier send may have, say so.
         if (!uncertain) await execution.mark("claimed").catch(() => undefined);
         return orLast(carried.err);

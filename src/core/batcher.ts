@@ -27,6 +27,12 @@ export interface BatchMember {
   tenant: Tenant;
   input: AssociateInput;
   call: CallOptions;
+  /**
+   * What must be done before this member may go out (its record saying "may be sending"). The
+   * member queues meanwhile, so the store round trip overlaps the wait for a token, but no call
+   * carries it and no token is asked for it until this resolves; a rejection is its answer.
+   */
+  ready?: Promise<void>;
 }
 
 /** What the batcher learnt about one member's attempt, filled in as it goes (also when it fails). */
@@ -114,6 +120,8 @@ interface Member {
   progress: BatchProgress;
   /** waiting → taken (in a call) → done (answered). */
   state: "waiting" | "taken" | "done";
+  /** False until `m.ready` resolved: only ready members head or ride a call. */
+  ready: boolean;
   /** Set while this member asks the limiter for a token on the group's behalf. */
   acquiring: AbortController | undefined;
   resolve: (s: BatchSent) => void;
@@ -167,7 +175,7 @@ export function createBatcher(opts: BatcherOptions): Batcher {
    * per 100 instances), so a queue of riders costs the limiter's fair queue one entry per call.
    */
   function ensureAcquirers(group: string): void {
-    const list = waitingIn(group);
+    const list = waitingIn(group).filter((x) => x.ready);
     let active = list.filter((x) => x.acquiring).length;
     const instances = list.reduce((n, x) => n + x.m.input.instanceIds.length, 0);
     const need = enabled ? Math.ceil(instances / MAX_BATCH_INSTANCES) : list.length;
@@ -226,7 +234,7 @@ export function createBatcher(opts: BatcherOptions): Batcher {
   }
 
   function oldestWaiting(): Member | undefined {
-    for (const list of groups.values()) for (const x of list) if (x.state === "waiting") return x;
+    for (const list of groups.values()) for (const x of list) if (x.state === "waiting" && x.ready) return x;
     return undefined;
   }
 
@@ -236,7 +244,7 @@ export function createBatcher(opts: BatcherOptions): Batcher {
     if (enabled) {
       const ids = new Set(head.m.input.instanceIds);
       for (const x of waitingIn(head.group)) {
-        if (x === head) continue;
+        if (x === head || !x.ready) continue;
         const more = x.m.input.instanceIds;
         if (ids.size + more.length > MAX_BATCH_INSTANCES) continue;
         if (more.some((id) => ids.has(id))) continue; // leases keep them disjoint; never merge overlaps
@@ -420,6 +428,7 @@ export function createBatcher(opts: BatcherOptions): Batcher {
           group: groupOf(m.input),
           progress,
           state: "waiting",
+          ready: m.ready === undefined,
           acquiring: undefined,
           resolve,
           reject,
@@ -451,13 +460,26 @@ export function createBatcher(opts: BatcherOptions): Batcher {
         const list = groups.get(member.group);
         if (list) list.push(member);
         else groups.set(member.group, [member]);
-        if (lingerMs > 0 && enabled) {
-          clock.sleep(lingerMs, signal).then(
-            () => ensureAcquirers(member.group),
-            () => undefined,
+        const start = () => {
+          if (lingerMs > 0 && enabled) {
+            clock.sleep(lingerMs, signal).then(
+              () => ensureAcquirers(member.group),
+              () => undefined,
+            );
+          } else {
+            ensureAcquirers(member.group);
+          }
+        };
+        if (member.ready) start();
+        else {
+          m.ready!.then(
+            () => {
+              if (member.state !== "waiting") return;
+              member.ready = true;
+              start();
+            },
+            (err: unknown) => settle(member, () => member.reject(err)),
           );
-        } else {
-          ensureAcquirers(member.group);
         }
       });
     },

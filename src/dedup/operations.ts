@@ -61,6 +61,8 @@ export function createOperations(options: OperationsOptions): Operations {
   const feed = store.releases;
   const sha256 = (s: string) => createHash("sha256").update(s).digest("hex");
   let closed = false;
+  /** Finishes written after their answer went out; close() waits for them. */
+  const finishing = new Set<Promise<void>>();
 
   async function run(op: OperationRun, opts: CallOptions): Promise<AssociateResult> {
     if (closed) throw keygateError("SHUTTING_DOWN", "this replica is shutting down");
@@ -213,7 +215,13 @@ export function createOperations(options: OperationsOptions): Operations {
     }
     // The idempotency record first: once the claim is gone, only it stops a second execution.
     if (idemKey !== undefined) await remember(idemKey, op.fingerprint, outcome);
-    await giveBack(op.fingerprint, token, outcome);
+    // The finish (the outcome for joiners, the claim given back) need not delay this answer: an
+    // identical call arriving meanwhile joins the claim and gets the same outcome from it, and an
+    // executor that dies before the finish lands leaves what a crash just after it would (its
+    // record; the claim expires). docs/decisions/operation-lifecycle.md, "The finish".
+    const finish = giveBack(op.fingerprint, token, outcome);
+    finishing.add(finish);
+    void finish.then(() => finishing.delete(finish));
     if (thrown) throw thrown.error;
     return settle(outcome, false);
   }
@@ -253,10 +261,12 @@ export function createOperations(options: OperationsOptions): Operations {
 
   return {
     run,
-    close() {
-      // Give-backs still trying stop at their next turn.
+    async close() {
+      // Give-backs still trying stop at their next turn; finishes in flight land first (each is one
+      // store command, bounded by its timeout).
       closed = true;
-      return feed ? feed.close() : Promise.resolve();
+      await Promise.allSettled([...finishing]);
+      if (feed) await feed.close();
     },
   };
 }
