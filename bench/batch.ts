@@ -8,8 +8,12 @@
  * a bounded number of extra calls. Everything is counted at the emulator. Loopback only; bounded.
  * Per keygate row it also prints the replicas' CPU per request (from /proc), their own latency
  * histograms, and the store work per request (scripts and commands, from Redis' commandstats).
+ * The callers send Connect binary over HTTP/2 from one bench process (bench/support/lean-caller.ts);
+ * the first batching-on row is repeated with the Connect-ES client as every caller, which costs the
+ * bench process (and so the two shared cores) about twice as much per call.
  *
- * Run: npm run bench:batch [-- seconds]   (default 5 s of load per row)
+ * Run: npm run bench:batch [-- seconds [replicas,…]]   (default 15 s of load per row, as issue 13
+ * measured; BENCH_BATCH_ONLY_ON=1 runs only the batching-on rows)
  */
 import { setMaxListeners } from "node:events";
 import { execFileSync } from "node:child_process";
@@ -36,6 +40,7 @@ import {
   runLoad,
   type LoadResult,
 } from "../test/support/fleet.js";
+import { LeanCallError, leanConnection } from "./support/lean-caller.js";
 import {
   type Child,
   cpuMsOf,
@@ -45,7 +50,7 @@ import {
   startGatewayProcess,
 } from "./support/processes.js";
 
-const seconds = Number(process.argv[2] ?? 5);
+const seconds = Number(process.argv[2] ?? 15);
 if (!Number.isFinite(seconds) || seconds < 2 || seconds > 60) {
   console.error("usage: node --import tsx bench/batch.ts [seconds 2..60]");
   process.exit(2);
@@ -98,7 +103,10 @@ let gateways: Child[] = [];
 const rows: Row[] = [];
 
 const reasonOfConnect = (e: unknown) =>
-  ConnectError.from(e).findDetails(ErrorDetailSchema)[0]?.reason ?? ConnectError.from(e).code.toString();
+  e instanceof LeanCallError
+    ? (e.reason ?? e.code)
+    : (ConnectError.from(e).findDetails(ErrorDetailSchema)[0]?.reason ??
+      ConnectError.from(e).code.toString());
 const sdkReason = (e: unknown) =>
   isKeygateError(e) ? (e.upstreamCode ?? e.reason) : e instanceof Error ? e.message : String(e);
 
@@ -129,7 +137,7 @@ async function measure(
   };
   rows.push(row);
   console.log(
-    `${mode.padEnd(26)} N=${replicas} assoc/s=${row.assocPerS.toFixed(0)} calls=${row.calls} ` +
+    `${mode.padEnd(46)} N=${replicas} assoc/s=${row.assocPerS.toFixed(0)} calls=${row.calls} ` +
       `over ${elapsedS.toFixed(1)} s maxIn1000ms=${row.maxIn1000} MutexOperation=${row.mutex} RequestLimitExceeded=${row.limitExceeded} ` +
       `callers ok=${load.ok} failed=${JSON.stringify(load.failed)} ` +
       `p50=${percentile(load.latencies, 50)}ms p99=${percentile(load.latencies, 99)}ms` +
@@ -141,7 +149,14 @@ async function measure(
   nextInstance = 0;
 }
 
-async function keygateRow(n: number, batch: boolean, bad = false): Promise<void> {
+/**
+ * How the bench process calls keygate: `lean` (bench/support/lean-caller.ts, the same Connect
+ * binary bytes from node:http2) or `connect` (the Connect-ES client). Both are real HTTP/2 callers
+ * on one connection per 20 callers; they differ in what the bench process spends per call.
+ */
+type Callers = "lean" | "connect";
+
+async function keygateRow(n: number, batch: boolean, bad = false, callers: Callers = "lean"): Promise<void> {
   gateways = [];
   for (let i = 0; i < n; i++) {
     gateways.push(
@@ -165,24 +180,32 @@ async function keygateRow(n: number, batch: boolean, bad = false): Promise<void>
   // One connection for all 200 would queue half of them in the client (the server allows 100
   // streams per connection) and measure the client, not keygate.
   const groups = Math.ceil(CALLERS / CALLERS_PER_CONNECTION);
-  const clients = Array.from({ length: Math.max(groups, n) }, (_, i) =>
-    createClient(
+  const lean = callers === "lean";
+  const connections = Array.from({ length: Math.max(groups, n) }, (_, i) => {
+    const url = gateways[i % n]!.url;
+    if (lean) return leanConnection(url, LOAD_TOKEN);
+    // Binary, as gRPC clients send; Connect's JSON costs both sides more CPU per request.
+    const client = createClient(
       KeyPairService,
-      // Binary, as gRPC clients send; Connect's JSON costs both sides more CPU per request.
-      createConnectTransport({ baseUrl: gateways[i % n]!.url, httpVersion: "2", useBinaryFormat: true }),
-    ),
-  );
-  const clientOf = (caller: number) =>
+      createConnectTransport({ baseUrl: url, httpVersion: "2", useBinaryFormat: true }),
+    );
+    return {
+      call: (req: { region: string; instanceIds: string[]; keyIds: string[] }, timeoutMs: number) =>
+        client.associateKeyPairs(req, { headers: { authorization: `Bearer ${LOAD_TOKEN}` }, timeoutMs }),
+      close: () => undefined,
+    };
+  });
+  const connectionOf = (caller: number) =>
     caller < 0
-      ? clients[-caller - 1]!
-      : clients[Math.floor(caller / CALLERS_PER_CONNECTION) % clients.length]!;
+      ? connections[-caller - 1]!
+      : connections[Math.floor(caller / CALLERS_PER_CONNECTION) % connections.length]!;
   const call = (caller: number, instance: string) =>
-    clientOf(caller).associateKeyPairs(
+    connectionOf(caller).call(
       { region: "ap-guangzhou", instanceIds: [instance], keyIds: [LOAD_KEY] },
-      { headers: { authorization: `Bearer ${LOAD_TOKEN}` }, timeoutMs: 30_000 },
+      30_000,
     );
   // Warm every replica up (connections, scripts) on instances the load does not reach.
-  await Promise.all(clients.map((_, i) => call(-i - 1, ids[ids.length - 1 - i]!)));
+  await Promise.all(connections.map((_, i) => call(-i - 1, ids[ids.length - 1 - i]!)));
   await new Promise((r) => setTimeout(r, 1_100));
   await emulatorAdmin(emulator!.url).reset();
   nextInstance = 0;
@@ -245,9 +268,12 @@ async function keygateRow(n: number, batch: boolean, bad = false): Promise<void>
   const splits = (
     await Promise.all(gateways.map((g) => scrapeCounter(g, "keygate_batch_splits_total")))
   ).reduce((s, x) => s + x, 0);
+  connections.forEach((c) => c.close());
   await Promise.all(gateways.map((g) => g.stop()));
   gateways = [];
-  const mode = bad ? "keygate, 5% bad instances" : `keygate, batching ${batch ? "on" : "off"}`;
+  const mode =
+    (bad ? "keygate, 5% bad instances" : `keygate, batching ${batch ? "on" : "off"}`) +
+    (lean ? "" : ", Connect-ES callers");
   await measure(mode, n, load, elapsedS, bad ? { splits, badCallers: badOutcomes } : {});
 }
 
@@ -283,6 +309,8 @@ try {
   emulator = await startEmulatorProcess(inventoryFile, 50);
   for (const n of REPLICAS) {
     await keygateRow(n, true);
+    // The same row with the Connect-ES client as every caller: what the bench process' own cost does.
+    if (n === REPLICAS[0]) await keygateRow(n, true, false, "connect");
     if (onlyOn) continue;
     await keygateRow(n, false);
     await directRow(n);
