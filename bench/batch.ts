@@ -136,6 +136,16 @@ async function measure(
     ...extra,
   };
   rows.push(row);
+  // How full the calls were, and how closely the limiter packed them (10 per 1000 ms + margin).
+  const sizes = applies.map((a) => a.instanceIds.length);
+  const at = associates.map((a) => a.at).sort((x, y) => x - y);
+  const span11 = at.slice(10).map((t, i) => t - at[i]!);
+  if (sizes.length > 0)
+    console.log(
+      `  instances per applied call: mean ${(instances / sizes.length).toFixed(1)}, ` +
+        `full (100) ${((100 * sizes.filter((x) => x === 100).length) / sizes.length).toFixed(0)}%; ` +
+        `11 consecutive calls span min ${Math.min(...span11)} ms, median ${percentile(span11, 50)} ms`,
+    );
   console.log(
     `${mode.padEnd(46)} N=${replicas} assoc/s=${row.assocPerS.toFixed(0)} calls=${row.calls} ` +
       `over ${elapsedS.toFixed(1)} s maxIn1000ms=${row.maxIn1000} MutexOperation=${row.mutex} RequestLimitExceeded=${row.limitExceeded} ` +
