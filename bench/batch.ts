@@ -63,8 +63,6 @@ const INSTANCES = Math.max(6_000, seconds * 1_300);
 const MAX_CALLS = 60_000;
 const MAX_DIRECT_CALLS = 20_000;
 const BAD_SHARE = 0.05;
-/** The linger of the extra batching-on row (the default is 0: a free token is used at once). */
-const LINGER_MS = 15;
 /** Callers sharing one HTTP/2 connection to a replica (see keygateRow). */
 const CALLERS_PER_CONNECTION = 20;
 
@@ -168,13 +166,7 @@ async function measure(
  */
 type Callers = "lean" | "connect";
 
-async function keygateRow(
-  n: number,
-  batch: boolean,
-  bad = false,
-  callers: Callers = "lean",
-  lingerMs = 0,
-): Promise<void> {
+async function keygateRow(n: number, batch: boolean, bad = false, callers: Callers = "lean"): Promise<void> {
   gateways = [];
   for (let i = 0; i < n; i++) {
     gateways.push(
@@ -186,7 +178,6 @@ async function keygateRow(
         TENCENTCLOUD_SECRET_KEY: EMULATOR_SECRET_KEY,
         KEYGATE_DRAIN_MS: "2000",
         KEYGATE_BATCH: batch ? "on" : "off",
-        KEYGATE_BATCH_LINGER_MS: String(lingerMs),
         // Every request takes a fresh instance, so a lease held after the answer blocks nobody;
         // watching each request's task separately (merged by the task watcher's own batching,
         // issue 13 item 4) would otherwise pile up DescribeInstances waiters and lease renewals.
@@ -292,8 +283,7 @@ async function keygateRow(
   gateways = [];
   const mode =
     (bad ? "keygate, 5% bad instances" : `keygate, batching ${batch ? "on" : "off"}`) +
-    (lean ? "" : ", Connect-ES callers") +
-    (lingerMs > 0 ? `, linger ${lingerMs} ms` : "");
+    (lean ? "" : ", Connect-ES callers");
   await measure(mode, n, load, elapsedS, bad ? { splits, badCallers: badOutcomes } : {});
 }
 
@@ -331,8 +321,6 @@ try {
     await keygateRow(n, true);
     // The same row with the Connect-ES client as every caller: what the bench process' own cost does.
     if (n === REPLICAS[0]) await keygateRow(n, true, false, "connect");
-    // With a short linger (KEYGATE_BATCH_LINGER_MS): a token found free waits that long for company.
-    if (n === REPLICAS[0]) await keygateRow(n, true, false, "lean", LINGER_MS);
     if (onlyOn) continue;
     await keygateRow(n, false);
     await directRow(n);

@@ -7,6 +7,8 @@ import { describe, expect, it } from "vitest";
 import {
   type BatchMember,
   createBatcher,
+  FULL_LINGER_MS,
+  FULL_RECENTLY_MS,
   concernsSomeInstances,
   newProgress,
   splitBound,
@@ -274,6 +276,42 @@ describe("batcher: who rides along", () => {
       expect(d.progress.calls).toBe(1);
     }
     expect(t.sizes).toEqual([2]);
+  });
+
+  it("with no linger set, an attempt waits FULL_LINGER_MS only while the group's calls leave full", async () => {
+    const t = setup();
+    // Nothing full yet: a lone attempt asks for its token at once (no added latency).
+    const lone = t.send(member(1));
+    await tick();
+    expect(t.tokens.queued()).toBe(1);
+    await t.tokens.grant();
+    await lone;
+    // 150 attempts: the first call leaves full (100 instances), the rest ride the next one.
+    const crowd = Array.from({ length: 150 }, (_, i) => t.send(member(100 + i)));
+    await tick();
+    await t.tokens.grant();
+    await t.tokens.grant();
+    await Promise.all(crowd);
+    expect(t.sizes).toEqual([1, 100, 50]);
+    // Now a lone attempt waits for company before it asks; one arriving meanwhile shares its call.
+    const a = t.send(member(300));
+    await tick();
+    expect(t.tokens.queued()).toBe(0);
+    await t.clock.advance(FULL_LINGER_MS - 5);
+    const b = t.send(member(301));
+    await t.clock.advance(5);
+    expect(t.tokens.queued()).toBe(1);
+    await t.tokens.grant();
+    await Promise.all([a, b]);
+    expect(t.sizes).toEqual([1, 100, 50, 2]);
+    // Once no call has left full for FULL_RECENTLY_MS, attempts go at once again.
+    await t.clock.advance(FULL_RECENTLY_MS);
+    const c = t.send(member(302));
+    await tick();
+    expect(t.tokens.queued()).toBe(1);
+    await t.tokens.grant();
+    await c;
+    expect(t.sizes).toEqual([1, 100, 50, 2, 1]);
   });
 
   it("a linger lets attempts that arrive within it share the first call", async () => {

@@ -23,6 +23,15 @@ import {
 export const MAX_BATCH_INSTANCES = 100;
 export const MAX_BATCH_KEYS = 100;
 
+/**
+ * While a group's calls leave full (a call reached the instance cap less than `FULL_RECENTLY_MS`
+ * ago), an attempt that would start a call waits this long for company first. Callers then
+ * outnumber what the tokens carry, so a token used at once for a few instances is a token taken
+ * from a full call; with no such queue there is no wait (docs/decisions/batching.md, "Linger").
+ */
+export const FULL_LINGER_MS = 15;
+export const FULL_RECENTLY_MS = 1_000;
+
 export interface BatchMember {
   tenant: Tenant;
   input: AssociateInput;
@@ -69,7 +78,10 @@ export interface BatcherOptions {
   bucket: BucketSpec;
   /** Off: every attempt takes its own token and call, as without a batcher. Default on. */
   enabled?: boolean;
-  /** How long an attempt that would take a token at once waits for company first. Default 0. */
+  /**
+   * How long an attempt that would take a token at once waits for company first. Default 0:
+   * only `FULL_LINGER_MS`, and only while the group's calls leave full.
+   */
   lingerMs?: number;
   /** Names this replica's batch ids. */
   idPrefix?: string;
@@ -137,6 +149,19 @@ export function createBatcher(opts: BatcherOptions): Batcher {
   let seq = 0;
   /** Waiting members per compatibility group, oldest first. */
   const groups = new Map<string, Member[]>();
+  /** When each group's last call that reached the instance cap was sent. */
+  const fullAt = new Map<string, number>();
+
+  /** The wait before an attempt of `group` may start a call (see FULL_LINGER_MS). */
+  function lingerFor(group: string): number {
+    if (!enabled) return 0;
+    if (lingerMs > 0) return lingerMs;
+    const at = fullAt.get(group);
+    if (at === undefined) return 0;
+    if (clock.now() - at < FULL_RECENTLY_MS) return FULL_LINGER_MS;
+    fullAt.delete(group);
+    return 0;
+  }
 
   const groupOf = (i: AssociateInput) =>
     `${i.region}\u0000${[...new Set(i.keyIds)].sort().join(",")}\u0000${String(i.forceStop)}`;
@@ -291,6 +316,7 @@ export function createBatcher(opts: BatcherOptions): Batcher {
     };
     const id = `${prefix}-${(++seq).toString(36)}`;
     const sentAt = clock.now();
+    if (input.instanceIds.length >= MAX_BATCH_INSTANCES) fullAt.set(members[0]!.group, sentAt);
     for (const x of members) {
       x.progress.calls += 1;
       x.progress.sentAt = sentAt;
@@ -461,8 +487,9 @@ export function createBatcher(opts: BatcherOptions): Batcher {
         if (list) list.push(member);
         else groups.set(member.group, [member]);
         const start = () => {
-          if (lingerMs > 0 && enabled) {
-            clock.sleep(lingerMs, signal).then(
+          const linger = lingerFor(member.group);
+          if (linger > 0) {
+            clock.sleep(linger, signal).then(
               () => ensureAcquirers(member.group),
               () => undefined,
             );
