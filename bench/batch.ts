@@ -4,7 +4,7 @@
  * against the CVM emulator (child process, its own large inventory) through 1 and 3 keygate
  * replicas sharing one private redis-server: batching on, batching off, and the same callers
  * calling the SDK directly, side by side in one run. Plus one row where 5% of the callers name
- * instances the cloud does not have: they get NOT_FOUND, nobody else fails, and the splits cost
+ * instances the cloud does not have: they get NOT_FOUND, nobody else fails, and sorting them out costs
  * a bounded number of extra calls. Everything is counted at the emulator. Loopback only; bounded.
  * Per keygate row it also prints the replicas' CPU per request (from /proc), their own latency
  * histograms, and the store work per request (scripts and commands, from Redis' commandstats).
@@ -88,6 +88,7 @@ interface Row {
   limitExceeded: number;
   notFoundCalls: number;
   splits?: number;
+  sortedOut?: number;
   badCallers?: { notFound: number; other: number };
 }
 
@@ -151,7 +152,9 @@ async function measure(
       `over ${elapsedS.toFixed(1)} s maxIn1000ms=${row.maxIn1000} MutexOperation=${row.mutex} RequestLimitExceeded=${row.limitExceeded} ` +
       `callers ok=${load.ok} failed=${JSON.stringify(load.failed)} ` +
       `p50=${percentile(load.latencies, 50)}ms p99=${percentile(load.latencies, 99)}ms` +
-      (row.splits !== undefined ? ` splits=${row.splits} notFoundCalls=${row.notFoundCalls}` : ""),
+      (row.splits !== undefined
+        ? ` splits=${row.splits} sortedOut=${row.sortedOut ?? 0} notFoundCalls=${row.notFoundCalls}`
+        : ""),
   );
   // Let the cloud tasks end, then start the next row from a clean log and a fresh inventory.
   await new Promise((r) => setTimeout(r, 300));
@@ -284,7 +287,10 @@ async function keygateRow(n: number, batch: boolean, bad = false, callers: Calle
   const mode =
     (bad ? "keygate, 5% bad instances" : `keygate, batching ${batch ? "on" : "off"}`) +
     (lean ? "" : ", Connect-ES callers");
-  await measure(mode, n, load, elapsedS, bad ? { splits, badCallers: badOutcomes } : {});
+  const sortedOut = (
+    await Promise.all(gateways.map((g) => scrapeCounter(g, "keygate_batch_sorted_out_total")))
+  ).reduce((s, x) => s + x, 0);
+  await measure(mode, n, load, elapsedS, bad ? { splits, sortedOut, badCallers: badOutcomes } : {});
 }
 
 async function directRow(n: number): Promise<void> {
@@ -356,14 +362,15 @@ for (const r of rows) {
 }
 for (const r of rows) {
   if (!r.badCallers) continue;
-  // Every split is one failed call that is resent as two halves: each split costs 2 extra calls.
-  const extra = 2 * (r.splits ?? 0);
+  // A refused call applied nothing: its instances went again (sorted out: the rest in one call;
+  // split: in two), so the refused calls are the calls the bad instances cost.
   const badRequests = r.badCallers.notFound + r.badCallers.other;
   console.log(
     `\n5% bad row: bad callers' requests ${badRequests}: NOT_FOUND ${r.badCallers.notFound}, other ${r.badCallers.other}; ` +
       `good callers failed: ${Object.values(r.load.failed).reduce((s, x) => s + x, 0)}; ` +
-      `splits ${r.splits ?? 0} = ${extra} extra calls (${r.notFoundCalls} calls answered NotFound) of ${r.calls}; ` +
-      `bound 2·k·ceil(log2 n) per merged call, e.g. k=5 bad of n=100: ${splitBound(100, 5)}.`,
+      `calls refused NotFound (the extra calls): ${r.notFoundCalls} of ${r.calls}; callers sorted out by ` +
+      `DescribeInstances ${r.sortedOut ?? 0}; splits ${r.splits ?? 0}. Bound per merged call of n with k missing: ` +
+      `1 extra call when sorted out, else 2·k·ceil(log2 n) (k=5 of n=100: ${splitBound(100, 5)}).`,
   );
 }
 process.exit(0);

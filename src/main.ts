@@ -193,6 +193,9 @@ export async function createApp(opts: AppOptions) {
       maxWaitMs: settings.taskMaxWaitMs,
     }),
     bucket: buckets.associate,
+    // A fresh poll (not the policy cache): whether an instance exists now.
+    known: async (region, ids, call) =>
+      new Set((await pollDescribe(region, ids, call)).map((i) => i.instanceId)),
     scope,
     owner,
     taskMaxWaitMs: settings.taskMaxWaitMs,
@@ -210,6 +213,7 @@ export async function createApp(opts: AppOptions) {
       dedupJoin: () => metrics.dedupJoins.inc(),
       batchCall: (instances) => metrics.batchInstances.observe(instances),
       batchSplit: () => metrics.batchSplits.inc(),
+      batchSortedOut: (members) => metrics.batchSortedOut.inc(members),
       backgroundError: (err, requestId) =>
         logger.warn({ requestId, err: errorText(err) }, "background task watch failed"),
     },

@@ -6,6 +6,7 @@
 import { describe, expect, it } from "vitest";
 import {
   type BatchMember,
+  type BatcherOptions,
   createBatcher,
   FULL_LINGER_MS,
   FULL_RECENTLY_MS,
@@ -140,11 +141,20 @@ function member(
   };
 }
 
-function setup(opts: { enabled?: boolean; missing?: Set<string>; vague?: boolean; lingerMs?: number } = {}) {
+function setup(
+  opts: {
+    enabled?: boolean;
+    missing?: Set<string>;
+    vague?: boolean;
+    lingerMs?: number;
+    known?: BatcherOptions["known"];
+  } = {},
+) {
   const clock = new FakeClock();
   const tokens = handTokens(clock);
   const cloud = handCloud(opts.missing, opts.vague);
   const splits: number[] = [];
+  const sortedOut: number[] = [];
   const sizes: number[] = [];
   const batcher = createBatcher({
     clock,
@@ -153,7 +163,12 @@ function setup(opts: { enabled?: boolean; missing?: Set<string>; vague?: boolean
     bucket: { key: "assoc", limit: 10, windowMs: 1000 },
     enabled: opts.enabled ?? true,
     lingerMs: opts.lingerMs ?? 0,
-    hooks: { split: () => splits.push(1), call: (_c, _s, instances) => sizes.push(instances) },
+    known: opts.known,
+    hooks: {
+      split: () => splits.push(1),
+      sortedOut: (n) => sortedOut.push(n),
+      call: (_c, _s, instances) => sizes.push(instances),
+    },
   });
   const send = (m: BatchMember) => {
     const progress = newProgress();
@@ -163,7 +178,7 @@ function setup(opts: { enabled?: boolean; missing?: Set<string>; vague?: boolean
     );
     return p;
   };
-  return { clock, tokens, cloud, batcher, send, splits, sizes };
+  return { clock, tokens, cloud, batcher, send, splits, sortedOut, sizes };
 }
 
 describe("batcher: who rides along", () => {
@@ -607,5 +622,53 @@ describe("batcher: members that are not ready yet (their record is still being w
     await tick();
     expect(t.tokens.asked).toEqual([]);
     expect(t.cloud.calls).toEqual([]);
+  });
+});
+
+describe("batcher: a call refused as not found is sorted out with one DescribeInstances", () => {
+  const everything = (_region: string, ids: string[]) => Promise.resolve(new Set(ids));
+
+  it("the missing instance's caller hears NotFound with the refused call's RequestId; the rest go again together", async () => {
+    const missing = new Set([id(3)]);
+    const looked: string[][] = [];
+    const t = setup({
+      missing,
+      known: (_region, ids) => {
+        looked.push(ids);
+        return Promise.resolve(new Set(ids.filter((i) => !missing.has(i))));
+      },
+    });
+    const answers = [1, 2, 3, 4, 5].map((n) => t.send(member(n)));
+    await tick();
+    await t.tokens.grant();
+    await t.tokens.grant();
+    const got = await Promise.all(answers);
+    expect(looked).toEqual([[1, 2, 3, 4, 5].map(id)]);
+    expect(t.cloud.calls.map((c) => c.input.instanceIds)).toEqual([
+      [1, 2, 3, 4, 5].map(id),
+      [1, 2, 4, 5].map(id),
+    ]);
+    const bad = got[2]!;
+    expect(!bad.ok && isKeygateError(bad.e) && [bad.e.upstreamCode, bad.e.upstreamRequestId]).toEqual([
+      "InvalidInstanceId.NotFound",
+      "req-1",
+    ]);
+    expect(!bad.ok && isKeygateError(bad.e) && bad.e.message).toContain(id(3));
+    for (const n of [0, 1, 3, 4]) expect(got[n]!.ok).toBe(true);
+    expect([t.splits.length, t.sortedOut]).toEqual([0, [1]]);
+    expect(t.tokens.granted).toBe(2);
+  });
+
+  it("falls back to splitting when the lookup knows every instance, or fails", async () => {
+    for (const known of [everything, () => Promise.reject(new Error("describe down"))]) {
+      const t = setup({ missing: new Set([id(2)]), known });
+      const answers = [1, 2, 3, 4].map((n) => t.send(member(n)));
+      await tick();
+      await t.tokens.drain();
+      const got = await Promise.all(answers);
+      expect(got.map((g) => g.ok)).toEqual([true, false, true, true]);
+      expect(t.splits.length).toBeGreaterThan(0);
+      expect(t.sortedOut).toEqual([]);
+    }
   });
 });

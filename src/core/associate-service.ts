@@ -43,6 +43,8 @@ export interface AssociateHooks {
   batchCall?: (instances: number, members: number) => void;
   /** A call that failed for some of its instances was split in two (docs/decisions/batching.md). */
   batchSplit?: () => void;
+  /** Members of a call refused as not found were answered from a DescribeInstances (same doc). */
+  batchSortedOut?: (members: number) => void;
 }
 
 export interface AssociateServiceOptions {
@@ -74,6 +76,11 @@ export interface AssociateServiceOptions {
    * default, with no linger.
    */
   batching?: { enabled: boolean; lingerMs: number; idPrefix?: string };
+  /**
+   * Which instances the cloud knows now (a fresh DescribeInstances): lets the batcher sort out a
+   * merged call refused as not found instead of bisecting it. Optional.
+   */
+  known?: (region: string, ids: string[], call: CallOptions) => Promise<ReadonlySet<string>>;
   /** Jitter source for retry backoff. */
   random?: () => number;
   hooks?: AssociateHooks;
@@ -121,12 +128,14 @@ export function createAssociateService(opts: AssociateServiceOptions) {
     enabled: opts.batching?.enabled ?? true,
     lingerMs: opts.batching?.lingerMs ?? 0,
     idPrefix: opts.batching?.idPrefix,
+    known: opts.known,
     hooks: {
       call: (code, seconds, instances, members) => {
         hooks.upstreamCall?.("AssociateInstancesKeyPairs", code, seconds);
         hooks.batchCall?.(instances, members);
       },
       split: () => hooks.batchSplit?.(),
+      sortedOut: (members) => hooks.batchSortedOut?.(members),
     },
   });
 

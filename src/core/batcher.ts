@@ -1,5 +1,5 @@
 import type { Clock } from "./clock.js";
-import { classify } from "./cloud-errors.js";
+import { classify, cloudCodeError } from "./cloud-errors.js";
 import { crashPoint } from "./crash-point.js";
 import { isKeygateError, keygateError, type KeygateError } from "./errors.js";
 import type { AssociateInput } from "./model.js";
@@ -69,6 +69,8 @@ export interface BatcherHooks {
   call?(code: string, seconds: number, instances: number, members: number): void;
   /** A call that failed for some of its instances was split in two. */
   split?(): void;
+  /** `members` of a call refused as not found were answered from a DescribeInstances instead. */
+  sortedOut?(members: number): void;
 }
 
 export interface BatcherOptions {
@@ -85,8 +87,15 @@ export interface BatcherOptions {
   lingerMs?: number;
   /** Names this replica's batch ids. */
   idPrefix?: string;
+  /**
+   * Which of `ids` the cloud knows now: one fresh DescribeInstances (keygate's own poll budget).
+   * When given, a merged call refused as not found is sorted out with it instead of bisected.
+   */
+  known?: (region: string, ids: string[], call: CallOptions) => Promise<ReadonlySet<string>>;
   hooks?: BatcherHooks;
 }
+
+const NOT_FOUND = "InvalidInstanceId.NotFound";
 
 export interface Batcher {
   /**
@@ -393,12 +402,55 @@ export function createBatcher(opts: BatcherOptions): Batcher {
     }
     const present = f.members.filter((x) => x.state !== "done");
     if (present.length > 1 && isKeygateError(failure) && concernsSomeInstances(failure)) {
+      if (failure.upstreamCode === NOT_FOUND && (await sortOut(present, failure))) return;
       hooks.split?.();
       const [a, b] = splitFor(present, failure);
       await Promise.all([resend(a), resend(b)]);
       return;
     }
     for (const x of present) settle(x, () => x.reject(failure));
+  }
+
+  /**
+   * A call refused because some instance does not exist: one DescribeInstances of the call's
+   * instances names the members whose instances the cloud does not know. They hear NotFound with
+   * the refused call's RequestId (the call carried them, and the cloud confirms), and the others
+   * go again together: one more call instead of a bisection. False = nothing sorted out (no
+   * lookup, it failed, or it knows every instance): split as usual.
+   */
+  async function sortOut(present: Member[], failure: KeygateError): Promise<boolean> {
+    if (!opts.known) return false;
+    const { call, release } = callOf(present);
+    let known: ReadonlySet<string>;
+    try {
+      known = await opts.known(
+        present[0]!.m.input.region,
+        present.flatMap((x) => x.m.input.instanceIds),
+        call,
+      );
+    } catch {
+      return false;
+    } finally {
+      release();
+    }
+    const gone = present.filter(
+      (x) => x.state !== "done" && x.m.input.instanceIds.some((id) => !known.has(id)),
+    );
+    if (gone.length === 0) return false;
+    hooks.sortedOut?.(gone.length);
+    for (const x of gone) {
+      const missing = x.m.input.instanceIds.filter((id) => !known.has(id));
+      const err = cloudCodeError(
+        NOT_FOUND,
+        `The instance \`${missing.join(",")}\` does not exist (DescribeInstances does not list it; the call ` +
+          `that carried it with other callers' instances was refused ${NOT_FOUND}).`,
+        { upstreamCode: NOT_FOUND, upstreamRequestId: failure.upstreamRequestId },
+      );
+      settle(x, () => x.reject(err));
+    }
+    const rest = present.filter((x) => x.state !== "done");
+    if (rest.length > 0) await resend(rest);
+    return true;
   }
 
   /**

@@ -129,6 +129,11 @@ export function createMetrics(opts: { defaultMetrics?: boolean; revision?: strin
       help: "Merged calls split in two because the cloud refused some of their instances",
       registers: r,
     }),
+    batchSortedOut: new Counter({
+      name: "keygate_batch_sorted_out_total",
+      help: "Callers answered not found from a DescribeInstances after a merged call carrying them was refused as not found",
+      registers: r,
+    }),
     leaseWait: new Histogram({
       name: "keygate_lease_wait_seconds",
       help: "Time a request waited for its instances' leases",
