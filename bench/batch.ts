@@ -281,15 +281,15 @@ async function keygateRow(n: number, batch: boolean, bad = false, callers: Calle
   const splits = (
     await Promise.all(gateways.map((g) => scrapeCounter(g, "keygate_batch_splits_total")))
   ).reduce((s, x) => s + x, 0);
+  const sortedOut = (
+    await Promise.all(gateways.map((g) => scrapeCounter(g, "keygate_batch_sorted_out_total")))
+  ).reduce((s, x) => s + x, 0);
   connections.forEach((c) => c.close());
   await Promise.all(gateways.map((g) => g.stop()));
   gateways = [];
   const mode =
     (bad ? "keygate, 5% bad instances" : `keygate, batching ${batch ? "on" : "off"}`) +
     (lean ? "" : ", Connect-ES callers");
-  const sortedOut = (
-    await Promise.all(gateways.map((g) => scrapeCounter(g, "keygate_batch_sorted_out_total")))
-  ).reduce((s, x) => s + x, 0);
   await measure(mode, n, load, elapsedS, bad ? { splits, sortedOut, badCallers: badOutcomes } : {});
 }
 
