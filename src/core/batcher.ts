@@ -325,7 +325,13 @@ export function createBatcher(opts: BatcherOptions): Batcher {
     };
     const id = `${prefix}-${(++seq).toString(36)}`;
     const sentAt = clock.now();
-    if (input.instanceIds.length >= MAX_BATCH_INSTANCES) fullAt.set(members[0]!.group, sentAt);
+    if (input.instanceIds.length >= MAX_BATCH_INSTANCES) {
+      fullAt.set(members[0]!.group, sentAt);
+      // Groups that stopped calling keep no entry for long (key sets are many; calls of each, few).
+      if (fullAt.size > 1_000) {
+        for (const [group, at] of fullAt) if (sentAt - at >= FULL_RECENTLY_MS) fullAt.delete(group);
+      }
+    }
     for (const x of members) {
       x.progress.calls += 1;
       x.progress.sentAt = sentAt;
