@@ -40,7 +40,7 @@ import {
   runLoad,
   type LoadResult,
 } from "../test/support/fleet.js";
-import { LeanCallError, leanConnection } from "./support/lean-caller.js";
+import { LeanCallError, leanConnection, type LeanRequest } from "./support/lean-caller.js";
 import {
   type Child,
   cpuMsOf,
@@ -203,7 +203,7 @@ async function keygateRow(n: number, batch: boolean, bad = false, callers: Calle
       createConnectTransport({ baseUrl: url, httpVersion: "2", useBinaryFormat: true }),
     );
     return {
-      call: (req: { region: string; instanceIds: string[]; keyIds: string[] }, timeoutMs: number) =>
+      call: (req: LeanRequest, timeoutMs: number) =>
         client.associateKeyPairs(req, { headers: { authorization: `Bearer ${LOAD_TOKEN}` }, timeoutMs }),
       close: () => undefined,
     };

@@ -166,10 +166,7 @@ export function createBatcher(opts: BatcherOptions): Batcher {
     if (!enabled) return 0;
     if (lingerMs > 0) return lingerMs;
     const at = fullAt.get(group);
-    if (at === undefined) return 0;
-    if (clock.now() - at < FULL_RECENTLY_MS) return FULL_LINGER_MS;
-    fullAt.delete(group);
-    return 0;
+    return at !== undefined && clock.now() - at < FULL_RECENTLY_MS ? FULL_LINGER_MS : 0;
   }
 
   const groupOf = (i: AssociateInput) =>
